@@ -1,0 +1,150 @@
+"""Lightning data modules over webdataset shards (any img2dataset output, or the generated shapes-cap set)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+
+from vistok.data.generated import ensure_generated
+from vistok.data.wds import (
+    ShardLoader,
+    count_samples,
+    expand_urls,
+    make_train_loader,
+    make_val_loader,
+    read_captions,
+)
+
+# Nominal epoch size when the shards carry no `_stats.json` (e.g. remote shards).
+DEFAULT_TRAIN_SAMPLES = 10000
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Train/val loaders over shard patterns (globs, directories, brace patterns, lists, remote URLs).
+
+    Batches are dicts: {"image": (B, 3, H, W) in [-1, 1], "caption": list[str], "key": list[str],
+    "skipped": int}. An epoch is `ceil(train_samples / (batch_size * world_size))` batches on every rank.
+    """
+
+    def __init__(
+        self,
+        train: Any,
+        val: Any,
+        resolution: int = 32,
+        batch_size: int = 64,
+        val_batch_size: int = 250,
+        num_workers: int = 0,
+        train_samples: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        # Only store arguments: Hydra builds this before anything may touch the file system.
+        self.train, self.val = train, val
+        self.resolution = resolution
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.num_workers = num_workers
+        self.train_samples = train_samples
+        self.seed = seed
+        self.train_urls: list[str] | None = None
+        self.val_urls: list[str] | None = None
+
+    def prepare(self) -> None:
+        """Resolve and validate the shard patterns (idempotent).
+
+        Call it early so a bad pattern fails before any model is built.
+
+        Raises:
+            FileNotFoundError: a pattern matches no local file; the message names it.
+        """
+        if self.train_urls is None:
+            self.train_urls = expand_urls(self.train)
+        if self.val_urls is None:
+            self.val_urls = expand_urls(self.val)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        """Rank and world size from the attached trainer (bound here, in the main process)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def batches_per_rank(self, world_size: int) -> int:
+        """Training batches every rank yields per epoch."""
+        self.prepare()
+        samples = self.train_samples
+        if samples is None:
+            samples = count_samples(self.train_urls)
+        if samples is None:
+            samples = DEFAULT_TRAIN_SAMPLES
+        return max(1, math.ceil(samples / (self.batch_size * world_size)))
+
+    def train_dataloader(self) -> ShardLoader:
+        self.prepare()
+        rank, world_size = self._rank_and_world()
+        return make_train_loader(
+            self.train_urls, self.batch_size, self.resolution, rank, world_size,
+            self.num_workers, self.batches_per_rank(world_size), self.seed,
+        )
+
+    def val_dataloader(self) -> ShardLoader:
+        self.prepare()
+        rank, world_size = self._rank_and_world()
+        return make_val_loader(
+            self.val_urls, self.val_batch_size, self.resolution, rank, world_size, self.num_workers,
+        )
+
+    def train_captions(self, limit: int | None = None) -> list[str]:
+        """Training captions (e.g. to fit a text tokenizer), read in this process."""
+        self.prepare()
+        return read_captions(self.train_urls, limit=limit)
+
+
+class GeneratedDataModule(ShardDataModule):
+    """`ShardDataModule` over the embedded shapes-cap dataset, generated into `cache_dir` on first use.
+
+    Validation is split over ranks by shard: with 500 samples in shards of 100, up to 5 ranks get data
+    (unevenly when 5 is not a multiple of the world size); further ranks get an empty loader.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str,
+        num_train: int = 6000,
+        num_val: int = 500,
+        seed: int = 0,
+        resolution: int = 32,
+        mark_size: int = 2,
+        mark_contrast: float = 0.5,
+        batch_size: int = 64,
+        val_batch_size: int = 250,
+        num_workers: int = 0,
+        samples_per_shard: int = 100,
+    ):
+        super().__init__(
+            train=None, val=None, resolution=resolution, batch_size=batch_size,
+            val_batch_size=val_batch_size, num_workers=num_workers, train_samples=num_train, seed=seed,
+        )
+        self.cache_dir = cache_dir
+        self.num_train, self.num_val = num_train, num_val
+        self.mark_size, self.mark_contrast = mark_size, mark_contrast
+        # Small shards so that validation (split by shard over ranks) reaches several ranks.
+        self.samples_per_shard = samples_per_shard
+
+    def prepare_data(self) -> None:
+        # Lightning runs this once per node before `setup`, so ranks do not all generate at once.
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Generate (or reuse) the cached shards, then resolve them like any other patterns."""
+        if self.train is None or self.val is None:
+            self.train, self.val = ensure_generated(
+                self.cache_dir, num_train=self.num_train, num_val=self.num_val, seed=self.seed,
+                resolution=self.resolution, mark_size=self.mark_size, mark_contrast=self.mark_contrast,
+                samples_per_shard=self.samples_per_shard,
+            )
+        super().prepare()

@@ -1,0 +1,379 @@
+"""Webdataset pipelines for img2dataset-style shards (`<key>.jpg|png|webp`, `<key>.txt`, `<key>.json`).
+
+Every loader yields batches of one format::
+
+    {"image": FloatTensor (B, 3, H, W) in [-1, 1], "caption": list[str], "key": list[str],
+     "skipped": int}
+
+`skipped` is the number of samples the producing worker dropped as corrupt since its previous batch.
+Workers are separate processes, so this is how skip counts reach the training module, which sums them.
+
+Rank and world size are always passed in explicitly, from the main process. Nothing here reads them
+from the environment inside a DataLoader worker: webdataset's `split_by_node` does that, and with
+spawned workers (or before the process group exists) it silently sees rank 0 of 1 on every rank.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import os
+import re
+from typing import Any, Iterable, Iterator
+
+import braceexpand
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+_REMOTE_RE = re.compile(r"^(pipe:|[a-zA-Z][a-zA-Z0-9+.-]*://)")
+# A stream that fails this many samples/shards in a row without one success is treated as broken:
+# skipping forever would hang training (resampled shards never run out).
+MAX_CONSECUTIVE_FAILURES = 1000
+_LOGGED_SKIPS = 5
+
+
+# --------------------------------------------------------------------------------------------------
+# URL handling
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_remote(url: str) -> bool:
+    return bool(_REMOTE_RE.match(url))
+
+
+def _expand_one(piece: str, pattern: Any) -> list[str]:
+    """Local files for one brace-expanded piece: a directory, a glob or a plain file path."""
+    path = os.path.abspath(os.path.expanduser(piece))
+    if os.path.isdir(path):
+        found = glob.glob(os.path.join(path, "*.tar"))
+    elif glob.has_magic(path):
+        found = [p for p in glob.glob(path) if os.path.isfile(p)]
+    else:
+        found = [path] if os.path.isfile(path) else []
+    if not found:
+        raise FileNotFoundError(f"no shards found for data pattern {pattern!r} (nothing matches {piece!r})")
+    return found
+
+
+def expand_urls(pattern: Any) -> list[str]:
+    """Resolve a shard specification into a list of URLs.
+
+    Args:
+        pattern: a glob, a directory (its `*.tar`), a brace pattern, a remote URL (`pipe:`, `s3://`,
+            `http(s)://`, `gs://`, ... passed through unchecked), or a list/tuple/ListConfig of these.
+
+    Returns:
+        Local paths (absolute, sorted, de-duplicated) followed by remote URLs in the given order.
+
+    Raises:
+        FileNotFoundError: a local piece matches no file; the message names the pattern.
+    """
+    if isinstance(pattern, (str, os.PathLike)):
+        items = [os.fspath(pattern)]
+    elif isinstance(pattern, Iterable):
+        items = [os.fspath(p) for p in pattern]
+    else:
+        raise TypeError(f"cannot interpret data pattern {pattern!r}")
+    if not items:
+        raise FileNotFoundError(f"empty data pattern {pattern!r}")
+    local: set[str] = set()
+    remote: list[str] = []
+    for item in items:
+        for piece in braceexpand.braceexpand(item):
+            if not _is_remote(piece):
+                local.update(_expand_one(piece, item))
+            elif piece not in remote:
+                remote.append(piece)
+    return sorted(local) + remote
+
+
+def count_samples(urls: Any) -> int | None:
+    """Sum of `successes` in the `<shard>_stats.json` files beside local shards.
+
+    Returns None when any shard is remote or lacks its stats file (the count is then unknown).
+    """
+    total = 0
+    for url in expand_urls(urls):
+        stats_path = url[: -len(".tar")] + "_stats.json" if url.endswith(".tar") else None
+        if _is_remote(url) or stats_path is None or not os.path.isfile(stats_path):
+            return None
+        with open(stats_path) as handle:
+            stats = json.load(handle)
+        count = stats.get("successes", stats.get("count"))
+        if count is None:
+            return None
+        total += int(count)
+    return total
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-sample steps (module level or small classes so they pickle under both fork and spawn)
+# --------------------------------------------------------------------------------------------------
+
+
+class _SkipCounter:
+    """Webdataset exception handler that counts skipped samples instead of raising.
+
+    `pending` is what the next batch reports; `consecutive` detects a stream that never succeeds.
+    """
+
+    def __init__(self, max_consecutive: int = MAX_CONSECUTIVE_FAILURES):
+        self.pending = 0
+        self.total = 0
+        self.consecutive = 0
+        self.max_consecutive = max_consecutive
+
+    def __call__(self, exn: Exception) -> bool:
+        self.pending += 1
+        self.total += 1
+        self.consecutive += 1
+        if self.total <= _LOGGED_SKIPS:
+            log.warning("skipping corrupt sample or shard: %r", exn)
+        if self.consecutive > self.max_consecutive:
+            raise RuntimeError(f"{self.consecutive} consecutive corrupt samples/shards; last: {exn!r}")
+        return True  # tell webdataset to continue with the next sample
+
+    def succeeded(self) -> None:
+        self.consecutive = 0
+
+    def take(self) -> int:
+        """Return the number skipped since the last call, and reset it."""
+        count, self.pending = self.pending, 0
+        return count
+
+
+def _is_success(sample: dict) -> bool:
+    """False for rows img2dataset marks as failed; rows without (readable) json are kept."""
+    raw = sample.get("json")
+    if raw is None:
+        return True
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return True  # json is optional metadata; a bad one says nothing about the image
+    return not isinstance(meta, dict) or meta.get("status", "success") == "success"
+
+
+def load_image(data: bytes, resolution: int) -> torch.Tensor:
+    """Decode image bytes, resize the short side to `resolution`, centre-crop to a square.
+
+    Returns:
+        (3, resolution, resolution) float tensor in [-1, 1].
+    """
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("RGB")
+    width, height = img.size
+    scale = resolution / min(width, height)
+    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    if size != img.size:
+        img = img.resize(size, Image.BICUBIC)
+    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    if size != (resolution, resolution):
+        img = img.crop((left, top, left + resolution, top + resolution))
+    array = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+class _Decode:
+    """Turn a raw webdataset sample into {"image", "caption", "key"}; raises if it is corrupt."""
+
+    def __init__(self, resolution: int, counter: _SkipCounter):
+        self.resolution = resolution
+        self.counter = counter
+
+    def __call__(self, sample: dict) -> dict:
+        ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+        if ext is None:
+            raise ValueError(f"sample {sample.get('__key__')!r} has no image ({sorted(sample)})")
+        image = load_image(sample[ext], self.resolution)
+        caption = sample.get("txt", b"")
+        caption = caption.decode("utf-8", errors="replace").strip() if caption else ""
+        self.counter.succeeded()
+        return {"image": image, "caption": caption, "key": str(sample.get("__key__", ""))}
+
+
+class _Collate:
+    """Stack decoded samples into the batch dict, attaching the skip count since the last batch."""
+
+    def __init__(self, counter: _SkipCounter):
+        self.counter = counter
+
+    def __call__(self, samples: list[dict]) -> dict:
+        return {
+            "image": torch.stack([s["image"] for s in samples]),
+            "caption": [s["caption"] for s in samples],
+            "key": [s["key"] for s in samples],
+            "skipped": self.counter.take(),
+        }
+
+
+def _worker() -> tuple[int, int]:
+    """(worker id, number of workers) of the current DataLoader process; (0, 1) in the main one."""
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+# --------------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------------
+
+
+class TrainStream(IterableDataset):
+    """Infinite resampled-shard stream cut into epochs of exactly `batches_per_rank` batches.
+
+    The batches of one rank are divided over its workers as evenly as possible (worker w gets
+    `batches_per_rank // W` plus one if `w < batches_per_rank % W`), so every rank yields exactly
+    `batches_per_rank` batches whatever `num_workers` is. Seeds mix (seed, rank, worker, epoch): runs
+    repeat, ranks and workers differ, and each epoch draws a new stream.
+    """
+
+    def __init__(self, urls: list[str], batch_size: int, resolution: int, rank: int, world_size: int,
+                 batches_per_rank: int, seed: int, shuffle_buffer: int = 1000):
+        super().__init__()
+        if not urls:
+            raise ValueError("TrainStream needs at least one shard")
+        self.urls = list(urls)
+        self.batch_size, self.resolution = batch_size, resolution
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_rank, self.seed = batches_per_rank, seed
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch = 0  # set by `ShardLoader` in the main process before workers are started
+
+    def __len__(self) -> int:
+        return self.batches_per_rank
+
+    def _worker_batches(self, worker: int, num_workers: int) -> int:
+        base, extra = divmod(self.batches_per_rank, num_workers)
+        return base + (1 if worker < extra else 0)
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        num_batches = self._worker_batches(worker, num_workers)
+        if num_batches == 0:
+            return iter(())
+        shard_seed, shuffle_seed = np.random.SeedSequence(
+            [self.seed, self.rank, worker, self.epoch]).generate_state(2).tolist()
+        counter = _SkipCounter()
+        pipeline = wds.DataPipeline(
+            # worker_seed is a constant: the default one reads RANK from the environment.
+            wds.ResampledShards(self.urls, seed=shard_seed, worker_seed=_zero, deterministic=True),
+            wds.tarfile_to_samples(handler=counter),
+            wds.select(_is_success),
+            wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), seed=shuffle_seed),
+            wds.map(_Decode(self.resolution, counter), handler=counter),
+            wds.batched(self.batch_size, collation_fn=_Collate(counter), partial=False),
+        ).with_epoch(num_batches)
+        return iter(pipeline)
+
+
+def _zero() -> int:
+    return 0
+
+
+class ValStream(IterableDataset):
+    """Exact single pass: shards `urls[rank::world_size]`, then split over workers; last batch partial.
+
+    With fewer shards than ranks (or workers) some ranks/workers get no shard and yield nothing.
+    """
+
+    def __init__(self, urls: list[str], batch_size: int, resolution: int, rank: int, world_size: int):
+        super().__init__()
+        self.urls = list(urls)
+        self.batch_size, self.resolution = batch_size, resolution
+        self.rank, self.world_size = rank, world_size
+
+    def worker_shards(self, worker: int, num_workers: int) -> list[str]:
+        return self.urls[self.rank:: self.world_size][worker::num_workers]
+
+    def __iter__(self) -> Iterator[dict]:
+        shards = self.worker_shards(*_worker())
+        if not shards:
+            return iter(())
+        counter = _SkipCounter()
+        pipeline = wds.DataPipeline(
+            wds.SimpleShardList(shards),
+            wds.tarfile_to_samples(handler=counter),
+            wds.select(_is_success),
+            wds.map(_Decode(self.resolution, counter), handler=counter),
+            wds.batched(self.batch_size, collation_fn=_Collate(counter), partial=True),
+        )
+        return iter(pipeline)
+
+
+class ShardLoader(DataLoader):
+    """DataLoader that gives its dataset a fresh `epoch` each time it is iterated.
+
+    Workers are not persistent, so each `iter()` ships the dataset (with the new epoch) to freshly
+    started workers; a per-worker counter would restart at 0 every epoch and repeat the data.
+    """
+
+    def __init__(self, dataset: IterableDataset, **kwargs: Any):
+        super().__init__(dataset, batch_size=None, persistent_workers=False, **kwargs)
+        self._next_epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch used by the next `iter()` (e.g. when resuming a run)."""
+        self._next_epoch = epoch
+
+    def __iter__(self):
+        if hasattr(self.dataset, "epoch"):
+            self.dataset.epoch = self._next_epoch
+        self._next_epoch += 1
+        return super().__iter__()
+
+
+def _loader(dataset: IterableDataset, num_workers: int, multiprocessing_context: str | None) -> ShardLoader:
+    return ShardLoader(
+        dataset,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
+    )
+
+
+def make_train_loader(urls: list[str], batch_size: int, resolution: int, rank: int, world_size: int,
+                      num_workers: int, batches_per_rank: int, seed: int, shuffle_buffer: int = 1000,
+                      multiprocessing_context: str | None = None) -> ShardLoader:
+    """Training loader: resampled shards, shuffled, full batches, exactly `batches_per_rank` per epoch.
+
+    Shards are drawn with replacement, so ranks are not disjoint; they draw different streams.
+    """
+    dataset = TrainStream(expand_urls(urls), batch_size, resolution, rank, world_size,
+                          batches_per_rank, seed, shuffle_buffer)
+    return _loader(dataset, num_workers, multiprocessing_context)
+
+
+def make_val_loader(urls: list[str], batch_size: int, resolution: int, rank: int, world_size: int,
+                    num_workers: int, multiprocessing_context: str | None = None) -> ShardLoader:
+    """Validation loader: every sample exactly once over all ranks, unshuffled, last batch partial."""
+    dataset = ValStream(expand_urls(urls), batch_size, resolution, rank, world_size)
+    return _loader(dataset, num_workers, multiprocessing_context)
+
+
+def read_captions(urls: Any, limit: int | None = None) -> list[str]:
+    """Captions (`txt` members) of successful rows, in shard order, read in the calling process.
+
+    Samples without a caption are left out; corrupt shards are skipped.
+    """
+    counter = _SkipCounter()
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(expand_urls(urls)),
+        wds.tarfile_to_samples(handler=counter),
+        wds.select(_is_success),
+    )
+    captions: list[str] = []
+    for sample in pipeline:
+        if limit is not None and len(captions) >= limit:
+            break
+        text = sample.get("txt")
+        if text:
+            captions.append(text.decode("utf-8", errors="replace").strip())
+    return captions

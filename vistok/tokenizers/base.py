@@ -1,0 +1,56 @@
+"""The one interface every tokenizer family implements (DESIGN.md, STYLE.md 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TokenizerOutput:
+    """What `Tokenizer.encode` returns; the LLM wiring, losses, export and eval only see this.
+
+    Attributes:
+        indices: (B, N, C) int64 code ids; C = code streams per position (1 for VQ/binary/flex, 2 for dual).
+        embeddings: (B, N, D) what the decoder and the LLM consume (straight-through in training).
+        mask: (B, N) bool, True = real token; None when every token is valid (fixed length).
+        losses: unweighted auxiliary losses, prefixed by origin, e.g. {"quant/commit": ...}.
+    """
+
+    indices: torch.Tensor
+    embeddings: torch.Tensor
+    mask: torch.Tensor | None = None
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Tokenizer(nn.Module):
+    """Base class: images (B, 3, H, W) in [-1, 1] <-> tokens.
+
+    Subclasses implement `encode`, `decode` and `lookup` and set `num_tokens`, `embed_dim` and
+    `codebook_sizes` (one entry per code stream). In eval mode `lookup(out.indices) == out.embeddings`.
+    """
+
+    num_tokens: int
+    embed_dim: int
+    codebook_sizes: tuple[int, ...]
+
+    def encode(self, images: torch.Tensor, num_tokens: int | None = None) -> TokenizerOutput:
+        raise NotImplementedError
+
+    def decode(self, embeddings: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, TokenizerOutput]:
+        """Reconstruct: (B, 3, H, W) -> ((B, 3, H, W), TokenizerOutput)."""
+        out = self.encode(images)
+        return self.decode(out.embeddings, out.mask), out
+
+    @property
+    def codebook_size(self) -> int:
+        """Codes per stream for single-stream tokenizers (the common case)."""
+        return self.codebook_sizes[0]

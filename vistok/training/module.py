@@ -1,0 +1,250 @@
+"""The LightningModule: a tokenizer, optionally an LLM reading its tokens, trained stage by stage.
+
+L = caption_weight * L_caption + alpha * L_tokenizer (ETT, arXiv 2505.10562). Everything that only
+exists for training (loss weights, discriminator, optimisers, schedules) lives here, not in the tokenizer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from functools import partial
+from typing import Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+from vistok.eval.tokens import code_histogram, codebook_stats
+from vistok.losses.gan import LeCAM, hinge_d_loss
+from vistok.losses.recon import TokenizerLoss
+from vistok.tokenizers.base import Tokenizer, TokenizerOutput
+from vistok.training.evaluation import ValidationAccumulator
+from vistok.training.stages import TOKENIZER_GROUPS, Stage
+
+
+class VistokModule(L.LightningModule):
+    """Tokenizer (+ projector + causal LM) with stage-controlled freezing and manual optimisation.
+
+    Args:
+        tokenizer: any `Tokenizer`.
+        loss: the tokenizer loss (weights of its terms).
+        optimizer: a partial optimiser class (`torch.optim.AdamW`, ...) taking param groups.
+        llm: a `vistok.models.llm.CausalLM`, or None for tokenizer-only training.
+        projector: tokenizer embeddings (B, N, D) -> (B, N, hidden); used when llm_input="embeddings".
+        llm_input: "embeddings" (ETT: codebook embeddings through the projector) or "indices"
+            (baseline: code ids as new rows of the LLM's embedding table).
+        discriminator: a PatchGAN for the GAN term, or None.
+        lecam_weight: weight of the LeCAM regulariser on the discriminator.
+        grad_clip: max global grad norm per optimiser (0 = off).
+        max_caption_tokens: caption length cap for the LLM.
+        usage_window: training steps over which codebook usage is logged.
+        num_sample_captions: greedy captions kept per validation pass for inspection.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, loss: TokenizerLoss, optimizer: Callable, llm: nn.Module | None = None,
+                 projector: nn.Module | None = None, llm_input: str = "embeddings",
+                 discriminator: nn.Module | None = None, lecam_weight: float = 0.0, grad_clip: float = 1.0,
+                 max_caption_tokens: int = 24, usage_window: int = 100, num_sample_captions: int = 8):
+        super().__init__()
+        if llm_input not in ("embeddings", "indices"):
+            raise ValueError(f"llm_input must be 'embeddings' or 'indices', got '{llm_input}'")
+        if llm is not None and llm_input == "embeddings" and projector is None:
+            raise ValueError("llm_input='embeddings' needs a projector")
+        self.automatic_optimization = False
+        self.tokenizer, self.loss, self.llm, self.projector = tokenizer, loss, llm, projector
+        self.discriminator = discriminator
+        self.lecam = LeCAM() if discriminator is not None and lecam_weight > 0 else None
+        self.optimizer_factory = optimizer
+        self.llm_input, self.lecam_weight, self.grad_clip = llm_input, lecam_weight, grad_clip
+        self.max_caption_tokens, self.num_sample_captions = max_caption_tokens, num_sample_captions
+        if llm is not None and llm_input == "indices":
+            llm.add_visual_vocab(tokenizer.codebook_size)
+        self.stage: Stage | None = None
+        self.step_offset = 0  # generator steps taken in earlier stages (for a monotonic x-axis)
+        # Generator steps in this stage. Lightning's global_step counts every optimiser's steps, which
+        # would end GAN stages early; stages end on this counter instead (see on_train_batch_end).
+        self.stage_step = 0
+        self._usage = deque(maxlen=usage_window)
+        self.skipped_samples = 0
+        self.val_metrics: dict[str, float] = {}
+        self.val_preview: dict = {}
+
+    # ---- stages -------------------------------------------------------------------------------
+    def groups(self) -> dict[str, nn.Module | None]:
+        tok = self.tokenizer
+        return {"encoder": tok.encoder, "quantizer": tok.quantizer, "decoder": tok.decoder,
+                "projector": self.projector, "llm": self.llm, "discriminator": self.discriminator}
+
+    def set_stage(self, stage: Stage, step_offset: int = 0) -> None:
+        """Freeze everything the stage does not train: no grads and eval mode (no EMA/codebook updates)."""
+        if stage.trains("discriminator") and self.discriminator is None:
+            raise ValueError(f"stage '{stage.name}' trains a discriminator but the module has none")
+        if self.llm is None and (stage.trains("llm") or stage.trains("projector")):
+            raise ValueError(f"stage '{stage.name}' trains the LLM/projector but the experiment has no llm")
+        self.stage, self.step_offset, self.stage_step = stage, step_offset, 0
+        for name, module in self.groups().items():
+            if module is not None:
+                module.requires_grad_(stage.trains(name))
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        """Lightning switches the whole module to train mode each epoch; keep frozen groups in eval."""
+        super().train(mode)
+        if self.stage is not None:
+            for name, module in self.groups().items():
+                if module is not None and not self.stage.trains(name):
+                    module.eval()
+        return self
+
+    # ---- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        stage = self.stage
+        main = [{"params": [p for p in module.parameters() if p.requires_grad], "lr": stage.lr_for(name),
+                 "name": name}
+                for name, module in self.groups().items()
+                if module is not None and name != "discriminator" and stage.trains(name)]
+        main = [g for g in main if g["params"]]
+        optimizers = [self.optimizer_factory(main or [{"params": [nn.Parameter(torch.zeros(1))], "lr": 0.0}])]
+        if stage.trains("discriminator"):
+            optimizers.append(self.optimizer_factory(self.discriminator.parameters(), lr=stage.lr_for("discriminator")))
+        schedule = partial(_warmup_cosine, total=stage.steps, warmup=int(stage.warmup_ratio * stage.steps),
+                           floor=stage.min_lr_ratio)
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, schedule) for opt in optimizers]
+        return optimizers, schedulers
+
+    def _optimizers(self) -> list:
+        opts = self.optimizers()
+        return opts if isinstance(opts, list) else [opts]
+
+    def _schedulers(self) -> list:
+        schs = self.lr_schedulers()
+        return schs if isinstance(schs, list) else [schs]
+
+    # ---- forward pieces -----------------------------------------------------------------------
+    def visual_inputs(self, out: TokenizerOutput) -> torch.Tensor:
+        """Tokenizer output -> LLM input embeddings (B, N, hidden)."""
+        if self.llm_input == "indices":
+            return self.llm.embed_visual_ids(out.indices[..., 0])
+        return self.projector(out.embeddings)
+
+    def caption_forward(self, out: TokenizerOutput, captions: list[str]):
+        ids, attention = self.llm.tokenize_captions(captions, self.max_caption_tokens)
+        return self.llm(self.visual_inputs(out), ids, attention)
+
+    def _gan_active(self) -> bool:
+        stage = self.stage
+        return (self.discriminator is not None and stage.gan_start is not None
+                and stage.trains("discriminator") and self.stage_step >= stage.gan_start)
+
+    # ---- training -----------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        stage, images = self.stage, batch["image"]
+        self.skipped_samples += int(batch.get("skipped", 0))
+        with torch.set_grad_enabled(stage.trains_tokenizer):
+            out = self.tokenizer.encode(images)
+        self._usage.append(code_histogram(out.indices.detach().cpu(), self.tokenizer.codebook_size))
+        total, logs, recon = images.new_zeros(()), {}, None
+        use_gan = self._gan_active()
+        if stage.trains_tokenizer and stage.alpha > 0:
+            recon = self.tokenizer.decode(out.embeddings, out.mask)
+            fake_logits = self.discriminator(recon) if use_gan else None
+            tok_loss, terms = self.loss(images, recon, out.losses, fake_logits)
+            total = total + stage.alpha * tok_loss
+            logs.update({f"train/tok/{k}": v for k, v in terms.items()})
+            logs["train/tokenizer_loss"] = tok_loss.detach()
+        if self.llm is not None and stage.caption_weight > 0:
+            caption = self.caption_forward(out, batch["caption"])
+            total = total + stage.caption_weight * caption.loss
+            logs["train/caption_loss"] = caption.loss.detach()
+        self._generator_step(total)
+        if use_gan and recon is not None:
+            logs.update(self._discriminator_step(images, recon.detach()))
+        logs["train/loss"] = total.detach()
+        self.stage_step += 1
+        self._log_training(logs, images.shape[0])
+        return total.detach()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.stage_step >= self.stage.steps:
+            self.trainer.should_stop = True
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vistok"] = {"stage": self.stage.name, "stage_step": self.stage_step,
+                                "step_offset": self.step_offset}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("vistok", {})
+        if self.stage is not None and state.get("stage") == self.stage.name:
+            self.stage_step = int(state["stage_step"])
+
+    def _generator_step(self, total: torch.Tensor) -> None:
+        opt, sch = self._optimizers()[0], self._schedulers()[0]
+        opt.zero_grad(set_to_none=True)
+        if total.requires_grad:
+            self.manual_backward(total)
+            if self.grad_clip:
+                self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+            opt.step()
+        sch.step()
+
+    def _discriminator_step(self, images: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        opt, sch = self._optimizers()[1], self._schedulers()[1]
+        real_logits, fake_logits = self.discriminator(images), self.discriminator(fake)
+        d_loss = hinge_d_loss(real_logits, fake_logits)
+        logs = {"train/gan_d": d_loss.detach()}
+        if self.lecam is not None:
+            lecam = self.lecam(real_logits, fake_logits)
+            d_loss = d_loss + self.lecam_weight * lecam
+            logs["train/lecam"] = lecam.detach()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        opt.step()
+        sch.step()
+        return logs
+
+    def _log_training(self, logs: dict, batch_size: int) -> None:
+        window = torch.stack(list(self._usage)).sum(0)
+        stats = codebook_stats(window)
+        logs["train/codebook_usage"] = stats["codebook_usage"]
+        logs["train/codebook_perplexity"] = stats["codebook_perplexity"]
+        logs["train/lr"] = self._optimizers()[0].param_groups[0]["lr"]
+        logs["train/total_step"] = float(self.step_offset + self.stage_step)
+        self.log_dict(logs, prog_bar=False, batch_size=batch_size)
+        self.log("loss", logs["train/loss"], prog_bar=True, logger=False, batch_size=batch_size)
+
+    # ---- validation ---------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val = ValidationAccumulator(self.tokenizer.codebook_size)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        images = batch["image"]
+        self.skipped_samples += int(batch.get("skipped", 0))
+        recon, out = self.tokenizer(images)
+        self._val.add_reconstruction(images, recon, out.indices)
+        if batch_idx == 0:
+            self.val_preview = {"images": images[:8].cpu(), "recon": recon[:8].cpu()}
+        if self.llm is None:
+            return
+        caption = self.caption_forward(out, batch["caption"])
+        correct, count = self.llm.token_accuracy(caption)
+        self._val.add("caption_tokens", count)
+        self._val.add("caption_correct", correct)
+        self._val.add("caption_nll", caption.loss.detach() * count)
+        generated = self.llm.generate_captions(self.visual_inputs(out), max_new_tokens=self.max_caption_tokens)
+        self._val.add_captions(batch["key"], batch["caption"], generated, keep=self.num_sample_captions)
+        if batch_idx == 0:
+            self.val_preview["caption_images"] = images[: self.num_sample_captions].cpu()
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_metrics = self._val.compute()
+        self.val_samples = self._val.samples
+        self.log_dict({f"val/{k}": v for k, v in self.val_metrics.items()}, sync_dist=False, rank_zero_only=True)
+
+
+def _warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
+    """LR multiplier: linear warm-up over `warmup` steps, then cosine from 1 to `floor` at `total`."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))

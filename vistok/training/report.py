@@ -1,0 +1,75 @@
+"""metrics.json, reconstruction grids and sample captions: what a run leaves for people to read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vistok.eval.images import image_grid
+
+
+class RunReport:
+    """metrics.json = {"experiment", "steps", "wall_seconds", "final": {...}, "stages": {name: {...}}}.
+
+    Written after every stage (so an interrupted run still shows what it finished) and re-read on resume.
+    """
+
+    def __init__(self, path: Path, experiment: str):
+        self.path = Path(path)
+        self.data = {"experiment": experiment, "steps": 0, "wall_seconds": 0.0, "final": {}, "stages": {}}
+        if self.path.exists():
+            previous = json.loads(self.path.read_text())
+            if previous.get("experiment") == experiment:
+                self.data["stages"] = previous.get("stages", {})
+
+    @property
+    def final(self) -> dict:
+        return self.data["final"]
+
+    def add_stage(self, name: str, metrics: dict, steps: int) -> None:
+        self.data["stages"][name] = {"steps": steps, **metrics}
+        self.data["final"] = dict(metrics)
+        self._write()
+
+    def finish(self, steps: int, wall_seconds: float, data_skipped: int) -> None:
+        if self.data["stages"]:
+            last = list(self.data["stages"].values())[-1]
+            self.data["final"] = {k: v for k, v in last.items() if k != "steps"}
+        self.data["final"]["data_skipped"] = data_skipped
+        self.data.update(steps=steps, wall_seconds=round(wall_seconds, 1))
+        self._write()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=False))
+        tmp.replace(self.path)
+
+
+def save_stage_pictures(module, stage: str, out_dir: Path, loggers: list) -> None:
+    """images/recon_<stage>.png (top: inputs, bottom: reconstructions) and sample captions beside metrics.json."""
+    preview = module.val_preview
+    if not preview:
+        return
+    images_dir = out_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    grid = image_grid([preview["images"], preview["recon"]])
+    grid.save(images_dir / f"recon_{stage}.png")
+    samples = getattr(module, "val_samples", [])
+    if samples:
+        caption_grid = image_grid([preview["caption_images"][: len(samples)]])
+        caption_grid.save(images_dir / f"captions_{stage}.png")
+        _append_captions(out_dir / "sample_captions.json", stage, samples)
+    for logger in loggers:
+        if hasattr(logger, "log_image"):
+            captions = [f"{s.reference} -> {s.generated}" for s in samples] or None
+            logger.log_image(key=f"recon/{stage}", images=[grid])
+            if samples:
+                logger.log_image(key=f"captions/{stage}", images=[caption_grid], caption=["\n".join(captions)])
+
+
+def _append_captions(path: Path, stage: str, samples: list) -> None:
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[stage] = [{"key": s.key, "reference": s.reference, "generated": s.generated,
+                    "image": f"images/captions_{stage}.png", "column": i} for i, s in enumerate(samples)]
+    path.write_text(json.dumps(data, indent=2))

@@ -1,0 +1,117 @@
+"""Run an experiment: build everything from the config, then fit its stages one after the other.
+
+Each stage is one `Trainer.fit` with its own checkpoints under `checkpoints/<stage>/`; a finished
+stage leaves a `done` marker, so re-running the same command in the same run directory resumes
+where it stopped (finished stages are skipped, an interrupted one resumes from its last.ckpt).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from vistok.export import save_tokenizer
+from vistok.training.module import VistokModule
+from vistok.training.report import RunReport, save_stage_pictures
+from vistok.training.stages import Stage, stages_from_config
+
+
+def build_llm(cfg: DictConfig, datamodule):
+    """The LLM: built from a config and saved first when `llm.build` is set, then always loaded from disk."""
+    from vistok.models.llm import CausalLM, build_tiny_llm
+
+    if cfg.get("build"):
+        build_tiny_llm(cfg.path, datamodule.train_captions(), **cfg.build)
+    return CausalLM(cfg.path, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing)
+
+
+def build_module(cfg: DictConfig, datamodule) -> VistokModule:
+    tokenizer = instantiate(cfg.tokenizer)
+    llm = build_llm(cfg.llm, datamodule) if cfg.get("llm") else None
+    projector = None
+    if llm is not None and cfg.get("projector") and cfg.module.llm_input == "embeddings":
+        projector = instantiate(cfg.projector, in_dim=tokenizer.embed_dim, out_dim=llm.hidden_size)
+    return instantiate(cfg.module, tokenizer=tokenizer, loss=instantiate(cfg.loss), llm=llm, projector=projector)
+
+
+def load_init(module: VistokModule, path: str) -> None:
+    """Start from another run's weights (a .ckpt file or a run directory); only matching tensors are taken."""
+    ckpt = Path(path)
+    if ckpt.is_dir():
+        candidates = sorted(ckpt.glob("checkpoints/*/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise FileNotFoundError(f"init_from: no checkpoints/*/last.ckpt under {ckpt}")
+        ckpt = candidates[-1]
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"init_from: {ckpt} does not exist")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    own = module.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    module.load_state_dict(usable, strict=False)
+    print(f"init_from {ckpt}: loaded {len(usable)}/{len(own)} tensors")
+
+
+def _callbacks(cfg: DictConfig, stage_dir: Path) -> list:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(ModelCheckpoint(dirpath=stage_dir, filename="step{step:06d}", auto_insert_metric_name=False,
+                                     every_n_train_steps=cfg.checkpoint_every, save_top_k=-1, save_last=True))
+    return callbacks
+
+
+def _fit_stage(cfg: DictConfig, module: VistokModule, datamodule, stage: Stage, loggers: list, out_dir: Path):
+    stage_dir = out_dir / "checkpoints" / stage.name
+    resume = stage_dir / "last.ckpt"
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=_callbacks(cfg, stage_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.exists() else None)
+    trainer.save_checkpoint(resume)
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    if trainer.is_global_zero:
+        (stage_dir / "done").write_text(json.dumps(module.val_metrics))
+    return trainer
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train every stage of `cfg`, write metrics.json, pictures and the exported tokenizer. Returns metrics."""
+    start = time.time()
+    out_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_num_threads(cfg.num_threads) if cfg.get("num_threads") else None
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare()
+    module = build_module(cfg, datamodule)
+    if cfg.get("init_from"):
+        load_init(module, cfg.init_from)
+    stages = stages_from_config(cfg.stages, cfg.get("max_steps_per_stage"))
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    report = RunReport(out_dir / "metrics.json", cfg.name)
+    offset, is_zero = 0, True
+    for stage in stages:
+        module.set_stage(stage, offset)
+        done = out_dir / "checkpoints" / stage.name / "done"
+        if done.exists():
+            module.load_state_dict(torch.load(done.parent / "last.ckpt", map_location="cpu",
+                                              weights_only=False)["state_dict"])
+            print(f"stage '{stage.name}' already finished: skipped")
+        else:
+            trainer = _fit_stage(cfg, module, datamodule, stage, loggers, out_dir)
+            is_zero = trainer.is_global_zero
+            if is_zero:
+                report.add_stage(stage.name, module.val_metrics, stage.steps)
+                save_stage_pictures(module, stage.name, out_dir, loggers)
+        offset += stage.steps
+    if is_zero:
+        report.finish(steps=offset, wall_seconds=time.time() - start, data_skipped=module.skipped_samples)
+        if cfg.export.enabled:
+            meta = {"experiment": cfg.name, "step": offset, "metrics": report.final}
+            save_tokenizer(module.tokenizer, OmegaConf.to_container(cfg.tokenizer, resolve=True),
+                           out_dir / "tokenizer", meta)
+    for logger in loggers:
+        logger.finalize("success")
+    return report.final
