@@ -47,7 +47,7 @@ def check_override_types(cfg: DictConfig, overrides: list[str], reference: DictC
         if old is None or new is None:
             continue
         if new not in _ACCEPTS.get(old, {old}):
-            raise ConfigError(f"override '{override}': key '{key}' expects a {old}, got a {new}")
+            raise ConfigError(f"override '{override}': key '{key}' expects {old}, got {new}")
 
 
 def _is_interpolation(cfg: DictConfig, key: str) -> bool:

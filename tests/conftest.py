@@ -1,0 +1,52 @@
+"""Shared fixtures: everything offline, caches in a per-session temp dir, configs composed like train.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache (generated shards, tiny LLM) shared by the whole session, like a user's .cache/."""
+    path = tmp_path_factory.mktemp("vistok-cache")
+    os.environ["VISTOK_CACHE"] = str(path)
+    return path
+
+
+def run_train(args: list[str], run_dir: Path, cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python train.py ARGS` as a user would, in its own process."""
+    env = {**os.environ, "VISTOK_CACHE": str(cache), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def compose_cfg(cache_dir, tmp_path):
+    """compose_cfg(overrides) -> the resolved config train.py would see (output dir = tmp_path)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    def _compose(overrides: list[str]):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose("train", overrides=[*overrides, f"hydra.run.dir={tmp_path}"], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path)
+            cfg.paths.cache_dir = str(cache_dir)
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()

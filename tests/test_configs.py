@@ -1,0 +1,55 @@
+"""Every experiment composes; config mistakes fail early with a message naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from tests.conftest import ROOT, run_train
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+CONTRACT_EXPERIMENTS = {"vq_mini", "ett_mini", "ett_mini_frozen", "ett_mini_index", "ett_mini_alpha0",
+                        "ett_mini_alpha1", "ett_mini_frozen_wide"}
+
+
+def test_contract_experiments_exist():
+    assert CONTRACT_EXPERIMENTS <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_builds_stages(name, compose_cfg):
+    from vistok.training.stages import stages_from_config
+
+    cfg = compose_cfg([f"experiment={name}"])
+    assert cfg.name == name
+    stages = stages_from_config(cfg.stages)
+    assert stages and all(s.steps > 0 for s in stages)
+    tokenizer = instantiate(cfg.tokenizer)
+    assert tokenizer.num_tokens > 0
+
+
+def test_default_experiment_is_ett_mini(compose_cfg):
+    assert compose_cfg([]).name == "ett_mini"
+
+
+def test_frozen_arm_has_equal_steps_to_ett(compose_cfg):
+    ett, frozen = compose_cfg(["experiment=ett_mini"]), compose_cfg(["experiment=ett_mini_frozen"])
+    assert [s.steps for s in ett.stages.values()] == [s.steps for s in frozen.stages.values()]
+    assert "tokenizer" in ett.stages.ett.train and "tokenizer" not in frozen.stages.ett.train
+
+
+@pytest.mark.slow
+def test_config_errors_name_the_key(tmp_path):
+    cache = tmp_path / "cache"
+    unknown = run_train(["experiment=vq_mini", "trainer.max_stepz=3"], tmp_path / "a", cache)
+    assert unknown.returncode != 0 and "max_stepz" in unknown.stderr
+    wrong_type = run_train(["experiment=vq_mini", "data.batch_size=big"], tmp_path / "b", cache)
+    assert wrong_type.returncode != 0
+    assert "data.batch_size" in wrong_type.stderr and "expects int" in wrong_type.stderr
+    bad_experiment = run_train(["experiment=nope"], tmp_path / "c", cache)
+    assert bad_experiment.returncode != 0
+    assert "vq_mini" in bad_experiment.stderr and "ett_mini" in bad_experiment.stderr
+    # Nothing was generated or built before the errors.
+    assert not cache.exists() or not any(cache.rglob("*.tar"))

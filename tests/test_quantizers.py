@@ -1,0 +1,88 @@
+"""The quantizer contract, for every adapter behind `Quantizer`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vistok.tokenizers.quantizers.base import QuantizerOutput
+from vistok.tokenizers.quantizers.fsq import FiniteScalarQuantizer
+from vistok.tokenizers.quantizers.ibq import IndexBackpropQuantizer
+from vistok.tokenizers.quantizers.lfq import LookupFreeQuantizer
+from vistok.tokenizers.quantizers.vq import VectorQuantizer
+
+D = 8
+FACTORIES = {
+    "vq": lambda: VectorQuantizer(D, 32, kmeans_init=False),
+    "vq_kmeans_cosine": lambda: VectorQuantizer(D, 32, kmeans_init=True, use_cosine_sim=True),
+    "vq_projected": lambda: VectorQuantizer(D, 32, codebook_dim=4),
+    "ibq": lambda: IndexBackpropQuantizer(D, 32),
+    "fsq": lambda: FiniteScalarQuantizer(D, [5, 4, 3]),
+    "lfq": lambda: LookupFreeQuantizer(D, 64),
+}
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def quantizer(request):
+    torch.manual_seed(0)
+    return FACTORIES[request.param]()
+
+
+def test_output_shapes_and_range(quantizer):
+    z = torch.randn(4, 10, D)
+    out = quantizer(z)
+    assert isinstance(out, QuantizerOutput)
+    assert out.quantized.shape == (4, 10, D)
+    assert out.indices.shape == (4, 10) and out.indices.dtype == torch.int64
+    assert 0 <= int(out.indices.min()) and int(out.indices.max()) < quantizer.codebook_size
+    assert all(v.dim() == 0 for v in out.losses.values())
+
+
+def test_eval_lookup_matches_quantized(quantizer):
+    quantizer.train()
+    quantizer(torch.randn(8, 16, D))  # initialise (k-means) / update once in training mode
+    quantizer.eval()
+    with torch.no_grad():
+        out = quantizer(torch.randn(3, 7, D))
+        assert torch.allclose(quantizer.lookup(out.indices), out.quantized, atol=1e-5)
+
+
+def test_gradient_reaches_input(quantizer):
+    z = torch.randn(4, 10, D, requires_grad=True)
+    out = quantizer(z)
+    (out.quantized.square().sum() + sum(out.losses.values(), torch.zeros(()))).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_deterministic_under_seed():
+    for name, factory in FACTORIES.items():
+        outs = []
+        for _ in range(2):
+            torch.manual_seed(3)
+            q = factory()
+            z = torch.randn(2, 5, D)
+            outs.append(q(z).indices)
+        assert torch.equal(outs[0], outs[1]), name
+
+
+def test_ibq_every_code_gets_gradient():
+    """Index backpropagation: the softmax straight-through sends gradient to the whole codebook."""
+    q = IndexBackpropQuantizer(D, 32)
+    out = q(torch.randn(4, 10, D))
+    out.quantized.sum().backward()
+    assert (q.codebook.weight.grad.abs().sum(-1) > 0).all()
+
+
+def test_vq_frozen_in_eval_mode_does_not_update_codebook():
+    q = VectorQuantizer(D, 32, kmeans_init=False)
+    q(torch.randn(4, 10, D))
+    before = q.vq._codebook.embed.clone()
+    q.eval()
+    with torch.no_grad():
+        q(torch.randn(4, 10, D) * 5)
+    assert torch.equal(before, q.vq._codebook.embed)
+
+
+def test_lfq_rejects_non_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        LookupFreeQuantizer(D, 100)
