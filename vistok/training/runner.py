@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vistok.export import save_tokenizer
 from vistok.training.module import VistokModule
+from vistok.training.quiet import quiet_libraries
 from vistok.training.report import RunReport, save_stage_pictures
 from vistok.training.stages import Stage, stages_from_config
 
@@ -80,6 +81,7 @@ def _fit_stage(cfg: DictConfig, module: VistokModule, datamodule, stage: Stage, 
 def run(cfg: DictConfig) -> dict:
     """Train every stage of `cfg`, write metrics.json, pictures and the exported tokenizer. Returns metrics."""
     start = time.time()
+    quiet_libraries()
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(cfg.num_threads) if cfg.get("num_threads") else None

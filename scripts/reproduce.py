@@ -1,0 +1,60 @@
+"""Reproduce a paper table: `python -m scripts.reproduce TABLE --scale smoke|mini|paper [--seeds N]`.
+
+Runs (or reuses) the table's training runs, then prints the table in the paper's layout with the
+paper's numbers beside ours and, at mini scale, each expected trend with PASS/FAIL. Writes
+<out>/<table>.md, .json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from vistok.reproduce.report import plot, render, summarise, write
+from vistok.reproduce.runner import collect, plan, run_all
+from vistok.reproduce.tables import TABLES
+
+ETT_STAGES = ("tokenizer", "align", "ett", "post")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", choices=sorted(TABLES))
+    parser.add_argument("--scale", choices=["smoke", "mini", "paper"], default="mini")
+    parser.add_argument("--seeds", type=int, default=None, help="default: 3 at mini scale, 1 otherwise")
+    parser.add_argument("--launcher", choices=["local", "slurm"], default="local")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at once (local launcher)")
+    parser.add_argument("--out", type=Path, default=None, help="default: outputs/reproduce/<table>/<scale>")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.launcher == "slurm":
+        sys.exit("--launcher slurm is not available yet: run the rows with "
+                 "`python train.py -m hydra/launcher=slurm experiment=...` and point --out at their run directories")
+    table = TABLES[args.table]
+    seeds = args.seeds or (3 if args.scale == "mini" else 1)
+    out = args.out or Path("outputs") / "reproduce" / table.name / args.scale
+    start = time.time()
+
+    def log(message: str) -> None:
+        print(f"[{time.time() - start:7.1f}s] {message}", flush=True)
+
+    bases, rows = plan(table, args.scale, seeds, out, ETT_STAGES)
+    run_all(bases, args.parallel, log)
+    run_all([job for jobs in rows.values() for job in jobs], args.parallel, log)
+    per_row = collect(rows)
+    means, stds = summarise(per_row)
+    markdown, verdicts = render(table, args.scale, seeds, means, stds)
+    write(out, table, markdown, means, stds, verdicts, per_row)
+    picture = plot(out, table, means, stds)
+    print(markdown)
+    print(f"written: {out / (table.name + '.md')}, {out / (table.name + '.json')}, {picture}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""Paper tables as data: rows (experiment arms), the paper's numbers, and the trends expected at mini scale."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class Row:
+    """One table row.
+
+    Attributes:
+        label: the row's name in the paper's layout.
+        experiment: the mini-scale experiment config (configs/experiment/<experiment>.yaml).
+        arm: overrides that turn the table's base experiment into this row (used at paper scale).
+        shared: leading stages identical across rows, trained once per seed and reused (equal steps).
+        paper: the paper's reported numbers for this row.
+    """
+
+    label: str
+    experiment: str
+    arm: list[str] = field(default_factory=list)
+    shared: tuple[str, ...] = ("tokenizer", "align")
+    paper: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Trend:
+    """An expected qualitative result; `check(means) -> (passed, numbers shown)`."""
+
+    text: str
+    check: Callable[[dict[str, dict[str, float]]], tuple[bool, str]]
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    rows: list[Row]
+    ours: list[str]  # metric columns measured by vistok
+    paper_columns: list[str]
+    trends: list[Trend]
+    base_experiment: str = "ett_mini"  # trains the shared stages at mini/smoke scale
+    paper_base: str = "ett_paper"
+
+
+def _gap(metric: str, a: str, b: str, at_least: float, scale: float = 100.0) -> Trend:
+    """mean[a][metric] - mean[b][metric] >= at_least (in points when scale=100)."""
+
+    def check(m):
+        gap = (m[a][metric] - m[b][metric]) * scale
+        return gap >= at_least, f"{a} - {b} = {gap:+.2f}"
+
+    unit = "pts" if scale == 100.0 else "dB"
+    return Trend(f"{metric}: {a} beats {b} by >= {at_least:g} {unit}", check)
+
+
+def _psnr_within(a: str, b: str, tolerance: float) -> Trend:
+    def check(m):
+        diff = m[a]["psnr"] - m[b]["psnr"]
+        return diff >= -tolerance, f"psnr {a} - {b} = {diff:+.2f} dB"
+
+    return Trend(f"psnr: {a} within {tolerance:g} dB of {b} (or better)", check)
+
+
+def _psnr_drop(a: str, b: str, at_least: float) -> Trend:
+    def check(m):
+        drop = m[b]["psnr"] - m[a]["psnr"]
+        return drop >= at_least, f"psnr {b} - {a} = {drop:+.2f} dB"
+
+    return Trend(f"psnr: {a} at least {at_least:g} dB below {b}", check)
+
+
+def _highest(metric: str, best: str) -> Trend:
+    def check(m):
+        top = max(m, key=lambda arm: m[arm][metric])
+        return top == best, ", ".join(f"{arm} {m[arm][metric]:.4f}" for arm in m)
+
+    return Trend(f"{metric}: {best} is the highest", check)
+
+
+PAPER4 = ["SEED-I", "GQA", "TQA", "MME-P", "GenEval"]
+PAPER5 = ["SEED-I", "GQA", "TQA", "MME-P", "rFID"]
+OURS = ["attribute_accuracy", "attribute_accuracy/mark", "caption_token_accuracy", "caption_exact_match", "psnr",
+        "codebook_usage"]
+FROZEN = ["stages.ett.train=[projector,llm]", "stages.ett.alpha=0.0"]
+
+TABLES = {
+    "ett_table4": Table(
+        name="ett_table4",
+        title="ETT Table 4 - what the LLM reads: discrete ids vs codebook embeddings, frozen vs ETT-tuned",
+        rows=[
+            Row("discrete index, frozen", "ett_mini_index", ["module.llm_input=indices", "stages.align.train=[llm]",
+                "stages.ett.train=[llm]", "stages.ett.alpha=0.0", "stages.post.train=[llm]"], shared=("tokenizer",),
+                paper={"SEED-I": 54.8, "GQA": 50.9, "TQA": 40.1, "MME-P": 1028.7, "GenEval": 0.40}),
+            Row("codebook embedding, frozen", "ett_mini_frozen", FROZEN,
+                paper={"SEED-I": 54.8, "GQA": 52.6, "TQA": 40.9, "MME-P": 1034.0, "GenEval": 0.34}),
+            Row("codebook embedding, ETT", "ett_mini", [],
+                paper={"SEED-I": 60.0, "GQA": 54.8, "TQA": 46.9, "MME-P": 1124.7, "GenEval": 0.43}),
+        ],
+        ours=OURS,
+        paper_columns=PAPER4,
+        trends=[
+            _gap("attribute_accuracy", "ett_mini", "ett_mini_frozen", 3.0),
+            _gap("attribute_accuracy/mark", "ett_mini", "ett_mini_frozen", 20.0),
+            _gap("attribute_accuracy", "ett_mini", "ett_mini_index", 3.0),
+        ],
+    ),
+    "ett_table5": Table(
+        name="ett_table5",
+        title="ETT Table 5 - the understanding / reconstruction trade-off against alpha",
+        rows=[
+            Row("frozen", "ett_mini_frozen", FROZEN,
+                paper={"SEED-I": 54.8, "GQA": 52.6, "TQA": 40.9, "MME-P": 1034.0, "rFID": 1.033}),
+            Row("frozen, wide projector (control)", "ett_mini_frozen_wide",
+                [*FROZEN, "projector.hidden_dim=4096", "projector.depth=3"]),
+            Row("und only, alpha 0", "ett_mini_alpha0", ["stages.ett.alpha=0.0"],
+                paper={"SEED-I": 61.2, "GQA": 55.2, "TQA": 48.0, "MME-P": 1164.3, "rFID": 45.701}),
+            Row("und + rec, alpha 0.25", "ett_mini", [],
+                paper={"SEED-I": 60.0, "GQA": 54.8, "TQA": 46.9, "MME-P": 1124.7, "rFID": 1.648}),
+            Row("und + rec, alpha 1.0", "ett_mini_alpha1", ["stages.ett.alpha=1.0"],
+                paper={"SEED-I": 59.3, "GQA": 53.9, "TQA": 45.7, "MME-P": 1088.2, "rFID": 1.500}),
+        ],
+        ours=OURS,
+        paper_columns=PAPER5,
+        trends=[
+            _gap("attribute_accuracy", "ett_mini", "ett_mini_frozen", 3.0),
+            _gap("attribute_accuracy/mark", "ett_mini", "ett_mini_frozen", 20.0),
+            _gap("attribute_accuracy", "ett_mini", "ett_mini_frozen_wide", 3.0),
+            _gap("attribute_accuracy/mark", "ett_mini", "ett_mini_frozen_wide", 20.0),
+            _psnr_within("ett_mini", "ett_mini_frozen", 1.0),
+            _highest("caption_token_accuracy", "ett_mini_alpha0"),
+            _psnr_drop("ett_mini_alpha0", "ett_mini_frozen", 3.0),
+        ],
+    ),
+}
