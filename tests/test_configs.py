@@ -24,7 +24,7 @@ def test_experiment_composes_and_builds_stages(name, compose_cfg):
 
     cfg = compose_cfg([f"experiment={name}"])
     assert cfg.name == name
-    stages = stages_from_config(cfg.stages)
+    stages = stages_from_config(cfg.stages, defaults=cfg.stage_defaults)
     assert stages and all(s.steps > 0 for s in stages)
     tokenizer = instantiate(cfg.tokenizer)
     assert tokenizer.num_tokens > 0

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import tempfile
@@ -20,17 +21,33 @@ from safetensors.torch import load_file, save_file
 FORMAT_VERSION = 1
 
 
+ALLOWED_PREFIX = "vistok."
+
+
 def _check_targets(node: Any, where: str = "tokenizer") -> None:
-    """Only `vistok.` classes (and a few torch building blocks) may be built from an export's config."""
+    """Only `vistok.` classes may be built from an export's config (exports may come from strangers)."""
     if isinstance(node, dict):
         target = node.get("_target_")
-        if target is not None and not str(target).startswith(("vistok.", "torch.nn.")):
+        if target is not None and not str(target).startswith(ALLOWED_PREFIX):
             raise ValueError(f"refusing to instantiate '{target}' at {where}: exports may only build vistok classes")
         for key, value in node.items():
             _check_targets(value, f"{where}.{key}")
     elif isinstance(node, list):
         for i, value in enumerate(node):
             _check_targets(value, f"{where}[{i}]")
+
+
+def build_from_config(node: Any) -> Any:
+    """Instantiate a plain `_target_` tree (checked first). No Hydra: exports load with torch alone."""
+    if isinstance(node, list):
+        return [build_from_config(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    kwargs = {k: build_from_config(v) for k, v in node.items() if k != "_target_"}
+    if "_target_" not in node:
+        return kwargs
+    module_name, _, attr = node["_target_"].rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)(**kwargs)
 
 
 def save_tokenizer(tokenizer: torch.nn.Module, config: DictConfig | dict, out_dir: str | Path,
@@ -54,14 +71,16 @@ def save_tokenizer(tokenizer: torch.nn.Module, config: DictConfig | dict, out_di
 
 def load_tokenizer(path: str | Path, map_location: str = "cpu"):
     """Rebuild a tokenizer from an export directory; returns it in eval mode."""
-    from hydra.utils import instantiate  # instantiate only; no Hydra app is started
-
     path = Path(path)
     for name in ("config.yaml", "model.safetensors"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path} is not a vistok export: {name} is missing")
     config = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=True)
     _check_targets(config)
-    tokenizer = instantiate(config)
-    tokenizer.load_state_dict(load_file(str(path / "model.safetensors"), device=map_location), strict=True)
+    tokenizer = build_from_config(config)
+    try:
+        state = load_file(str(path / "model.safetensors"), device=map_location)
+    except Exception as error:  # safetensors raises its own error types for truncated / corrupt files
+        raise ValueError(f"{path / 'model.safetensors'} is unreadable (truncated or corrupt): {error}") from error
+    tokenizer.load_state_dict(state, strict=True)
     return tokenizer.eval()

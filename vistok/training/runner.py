@@ -90,7 +90,7 @@ def run(cfg: DictConfig) -> dict:
     module = build_module(cfg, datamodule)
     if cfg.get("init_from"):
         load_init(module, cfg.init_from)
-    stages = stages_from_config(cfg.stages, cfg.get("max_steps_per_stage"))
+    stages = stages_from_config(cfg.stages, cfg.get("max_steps_per_stage"), cfg.get("stage_defaults"))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     report = RunReport(out_dir / "metrics.json", cfg.name)
     offset, is_zero = 0, True

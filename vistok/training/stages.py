@@ -63,16 +63,19 @@ class Stage:
         return float(self.lr[key])
 
 
-def stages_from_config(stages: Mapping[str, Any], max_steps: int | None = None) -> list[Stage]:
+def stages_from_config(stages: Mapping[str, Any], max_steps: int | None = None,
+                       defaults: Mapping[str, Any] | None = None) -> list[Stage]:
     """Build stages, in order, from a {name: fields} mapping (Hydra config: `stages.<name>.steps=...`).
 
-    A null entry removes a stage; `max_steps` caps every stage (smoke runs).
+    `defaults` fills fields a stage leaves out (`stage_defaults` in the config); a null entry removes a
+    stage; `max_steps` caps every stage (smoke runs).
     """
     built = []
     for name, fields in stages.items():
         if fields is None:
             continue
-        fields = {k: (tuple(v) if k == "train" else dict(v) if k == "lr" else v) for k, v in dict(fields).items()}
+        fields = {**dict(defaults or {}), **dict(fields)}
+        fields = {k: (tuple(v) if k == "train" else dict(v) if k == "lr" else v) for k, v in fields.items()}
         if max_steps:
             fields["steps"] = min(int(fields.get("steps", max_steps)), max_steps)
         built.append(Stage(name=name, **fields))

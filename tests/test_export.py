@@ -1,0 +1,76 @@
+"""Export directories: identical outputs after loading, no training stack needed, untrusted input refused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from vistok import load_tokenizer, save_tokenizer
+from vistok.export import build_from_config
+
+CONFIG = {
+    "_target_": "vistok.tokenizers.vq.VQTokenizer",
+    "resolution": 16,
+    "embed_dim": 8,
+    "encoder": {"_target_": "vistok.tokenizers.modules.conv.ConvEncoder", "out_dim": 8, "base_channels": 8,
+                "ch_mult": [1, 2]},
+    "quantizer": {"_target_": "vistok.tokenizers.quantizers.vq.VectorQuantizer", "dim": 8, "codebook_size": 32,
+                  "kmeans_init": True},
+    "decoder": {"_target_": "vistok.tokenizers.modules.conv.ConvDecoder", "in_dim": 8, "base_channels": 8,
+                "ch_mult": [1, 2]},
+}
+
+
+@pytest.fixture
+def exported(tmp_path):
+    torch.manual_seed(0)
+    tokenizer = build_from_config(CONFIG)
+    tokenizer.train()
+    tokenizer(torch.rand(8, 3, 16, 16) * 2 - 1)  # k-means init + EMA update: buffers differ from a fresh build
+    tokenizer.eval()
+    return tokenizer, save_tokenizer(tokenizer, CONFIG, tmp_path / "tok", {"step": 1})
+
+
+def test_round_trip_gives_identical_indices_and_reconstructions(exported):
+    tokenizer, path = exported
+    loaded = load_tokenizer(path)
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        a, b = tokenizer.encode(images), loaded.encode(images)
+        assert torch.equal(a.indices, b.indices)
+        assert torch.equal(tokenizer.decode(a.embeddings), loaded.decode(b.embeddings))
+
+
+def test_loading_needs_no_training_stack(exported):
+    _, path = exported
+    code = (f"import sys, vistok; tok = vistok.load_tokenizer({str(path)!r}); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'wandb', 'hydra')]; "
+            "print('BAD', bad); assert not bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_tampered_config_is_refused_before_anything_runs(exported, tmp_path):
+    _, path = exported
+    marker = tmp_path / "pwned"
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    config["encoder"] = {"_target_": "os.system", "command": f"touch {marker}"}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="refusing to instantiate 'os.system'"):
+        load_tokenizer(path)
+    assert not marker.exists()
+
+
+def test_missing_or_truncated_weights_are_clear_errors(exported):
+    _, path = exported
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_tokenizer(path)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
+        load_tokenizer(path)

@@ -1,0 +1,61 @@
+"""Find a run's checkpoints and turn them into an export directory (used by scripts.export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from vistok.export import build_from_config, save_tokenizer
+
+
+def locate(path: str | Path) -> tuple[Path, Path]:
+    """RUN_DIR or a .ckpt inside one -> (checkpoint, run_dir). A run dir gives its last finished stage."""
+    path = Path(path)
+    if path.is_file():
+        run_dir = next((p for p in path.parents if (p / ".hydra" / "config.yaml").is_file()), None)
+        if run_dir is None:
+            raise FileNotFoundError(f"{path} is not inside a vistok run directory (no .hydra/config.yaml above it)")
+        return path, run_dir
+    if not (path / ".hydra" / "config.yaml").is_file():
+        raise FileNotFoundError(f"{path} is neither a checkpoint nor a vistok run directory")
+    stages = list(OmegaConf.load(path / ".hydra" / "config.yaml").stages or {})
+    for stage in reversed(stages):
+        ckpt = path / "checkpoints" / stage / "last.ckpt"
+        if ckpt.is_file():
+            return ckpt, path
+    raise FileNotFoundError(f"no checkpoints/<stage>/last.ckpt in {path} (stages: {stages})")
+
+
+def tokenizer_config(run_dir: Path) -> dict:
+    """The resolved `tokenizer` subtree of the run's config."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    return OmegaConf.to_container(cfg.tokenizer, resolve=True)
+
+
+def tokenizer_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tokenizer weights (EMA copy where the run kept one) and the checkpoint's step info."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = checkpoint["state_dict"]
+    prefix = "ema_tokenizer." if any(k.startswith("ema_tokenizer.") for k in state) else "tokenizer."
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{ckpt} holds no tokenizer weights")
+    return weights, {"global_step": checkpoint.get("global_step"), **checkpoint.get("vistok", {})}
+
+
+def export_run(path: str | Path, out_dir: str | Path) -> Path:
+    """Write a vistok export directory from a run directory or checkpoint."""
+    ckpt, run_dir = locate(path)
+    config = tokenizer_config(run_dir)
+    tokenizer = build_from_config(config)
+    weights, info = tokenizer_state(ckpt)
+    tokenizer.load_state_dict(weights, strict=True)
+    meta = {"source": str(ckpt.resolve()), **info}
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        import json
+
+        meta["metrics"] = json.loads(metrics.read_text()).get("final", {})
+    return save_tokenizer(tokenizer, config, out_dir, meta)
