@@ -1,7 +1,8 @@
-"""Export a trained tokenizer: `python -m scripts.export RUN_DIR_OR_CKPT OUT_DIR [--format vistok]`.
+"""Export a trained tokenizer: `python -m scripts.export RUN_DIR_OR_CKPT OUT_DIR [--format vistok|diffusers]`.
 
-The directory holds model.safetensors, config.yaml and meta.json, and loads anywhere with
-`vistok.load_tokenizer(OUT_DIR)` (no Lightning, no Hydra app).
+vistok: model.safetensors + config.yaml + meta.json; loads anywhere with `vistok.load_tokenizer(OUT_DIR)`
+(no Lightning, no Hydra app). diffusers: a `diffusers.VQModel` directory (`VQModel.from_pretrained`), for a
+VQ tokenizer built from diffusers blocks with one Euclidean codebook.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="a run directory (its last finished stage) or a .ckpt inside one")
     parser.add_argument("out_dir")
-    parser.add_argument("--format", choices=["vistok"], default="vistok")
+    parser.add_argument("--format", choices=["vistok", "diffusers"], default="vistok")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from vistok.training.artifacts import export_run
 
     try:
-        out = export_run(args.source, args.out_dir)
+        out = export_run(args.source, args.out_dir, args.format)
     except (FileNotFoundError, ValueError) as error:
         print(f"export failed: {error}", file=sys.stderr)
         return 2

@@ -74,3 +74,40 @@ def test_missing_or_truncated_weights_are_clear_errors(exported):
     weights.unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
         load_tokenizer(path)
+
+
+DIFFUSERS_CONFIG = {
+    **CONFIG,
+    "encoder": {"_target_": "vistok.tokenizers.modules.diffusers_blocks.DiffusersEncoder", "out_dim": 8,
+                "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4},
+    "decoder": {"_target_": "vistok.tokenizers.modules.diffusers_blocks.DiffusersDecoder", "in_dim": 8,
+                "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4},
+}
+
+
+def test_diffusers_vqmodel_round_trip(tmp_path):
+    from diffusers import VQModel
+
+    from vistok.export_diffusers import save_vqmodel
+
+    torch.manual_seed(0)
+    tokenizer = build_from_config(DIFFUSERS_CONFIG)
+    tokenizer.train()
+    tokenizer(torch.rand(8, 3, 16, 16) * 2 - 1)
+    tokenizer.eval()
+    model = VQModel.from_pretrained(str(save_vqmodel(tokenizer, tmp_path / "vq"))).eval()
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        ours = tokenizer.encode(images)
+        latents = model.encode(images).latents
+        _, _, (_, _, indices) = model.quantize(latents)
+        assert torch.equal(indices.view(4, -1), ours.indices[..., 0])
+        assert torch.allclose(model.decode(latents).sample, tokenizer.decode(ours.embeddings), atol=1e-4)
+
+
+def test_diffusers_export_refuses_what_it_cannot_represent(exported, tmp_path):
+    from vistok.export_diffusers import save_vqmodel
+
+    tokenizer, _ = exported  # conv blocks, not diffusers blocks
+    with pytest.raises(ValueError, match="not diffusers blocks"):
+        save_vqmodel(tokenizer, tmp_path / "vq")

@@ -45,13 +45,18 @@ def tokenizer_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return weights, {"global_step": checkpoint.get("global_step"), **checkpoint.get("vistok", {})}
 
 
-def export_run(path: str | Path, out_dir: str | Path) -> Path:
-    """Write a vistok export directory from a run directory or checkpoint."""
+def export_run(path: str | Path, out_dir: str | Path, fmt: str = "vistok") -> Path:
+    """Write an export directory (`vistok` or `diffusers` VQModel format) from a run directory or checkpoint."""
     ckpt, run_dir = locate(path)
     config = tokenizer_config(run_dir)
     tokenizer = build_from_config(config)
     weights, info = tokenizer_state(ckpt)
     tokenizer.load_state_dict(weights, strict=True)
+    tokenizer.eval()
+    if fmt == "diffusers":
+        from vistok.export_diffusers import save_vqmodel
+
+        return save_vqmodel(tokenizer, out_dir)
     meta = {"source": str(ckpt.resolve()), **info}
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
