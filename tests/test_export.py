@@ -111,3 +111,16 @@ def test_diffusers_export_refuses_what_it_cannot_represent(exported, tmp_path):
     tokenizer, _ = exported  # conv blocks, not diffusers blocks
     with pytest.raises(ValueError, match="not diffusers blocks"):
         save_vqmodel(tokenizer, tmp_path / "vq")
+
+
+def test_evaluate_script_on_shards(exported, tmp_path):
+    import json
+
+    from scripts.evaluate import main
+    from vistok.data.generated import write_shards
+
+    _, path = exported
+    write_shards(str(tmp_path / "shards"), "val", 20, seed=1, resolution=16, samples_per_shard=10)
+    assert main([str(path), f"data={tmp_path / 'shards'}", "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "eval.json").read_text())["metrics"]
+    assert metrics["images"] == 20 and 0 < metrics["psnr"] < 60 and 0 < metrics["codebook_usage"] <= 1

@@ -48,6 +48,21 @@ def test_vq_mini_tiny_run_and_export_round_trip(tmp_path, cache_dir):
         out = tokenizer.encode(batch["image"])
         assert torch.allclose(tokenizer.lookup(out.indices), out.embeddings)
 
+    from scripts.export import main as export_main
+
+    assert export_main([str(run_dir), str(tmp_path / "again")]) == 0
+    again = load_tokenizer(tmp_path / "again")
+    with torch.no_grad():
+        assert torch.equal(again.encode(batch["image"]).indices, out.indices)
+    assert export_main([str(run_dir), str(tmp_path / "vqmodel"), "--format", "diffusers"]) == 0
+
+    from diffusers import VQModel
+
+    model = VQModel.from_pretrained(str(tmp_path / "vqmodel")).eval()
+    with torch.no_grad():
+        _, _, (_, _, indices) = model.quantize(model.encode(batch["image"]).latents)
+    assert torch.equal(indices.view(out.indices.shape[0], -1), out.indices[..., 0])
+
 
 @pytest.mark.slow
 def test_ett_mini_tiny_run_then_resume_skips_finished_stages(tmp_path, cache_dir):
