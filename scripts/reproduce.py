@@ -8,6 +8,7 @@ paper's numbers beside ours and, at mini scale, each expected trend with PASS/FA
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=None, help="default: 3 at mini scale, 1 otherwise")
     parser.add_argument("--launcher", choices=["local", "slurm"], default="local")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (local launcher)")
+    parser.add_argument("--rows", default=None, help="comma-separated experiments: run only these rows")
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/reproduce/<table>/<scale>")
     return parser.parse_args(argv)
 
@@ -36,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("--launcher slurm is not available yet: run the rows with "
                  "`python train.py -m hydra/launcher=slurm experiment=...` and point --out at their run directories")
     table = TABLES[args.table]
+    if args.rows:
+        wanted = args.rows.split(",")
+        unknown = sorted(set(wanted) - {row.experiment for row in table.rows})
+        if unknown:
+            sys.exit(f"--rows: {unknown} are not rows of {table.name}")
+        table = dataclasses.replace(table, rows=[r for r in table.rows if r.experiment in wanted],
+                                    trends=[t for t in table.trends if all(w in wanted for w in t.arms)])
     seeds = args.seeds or (3 if args.scale == "mini" else 1)
     out = args.out or Path("outputs") / "reproduce" / table.name / args.scale
     start = time.time()

@@ -100,3 +100,20 @@ def test_gan_stage_steps_both_optimizers_and_counts_generator_steps(compose_cfg,
     assert trainer.global_step == 5  # 3 generator + 2 discriminator steps (GAN from step 1)
     assert changed(disc_before, module.discriminator)
     assert float(module.lecam.real_ema) != 0.0
+
+
+def test_nan_loss_is_caught_before_any_update(compose_cfg, tmp_path):
+    cfg = compose_cfg(["experiment=vq_mini", "debug=tiny"])
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare()
+    module = build_module(cfg, datamodule)
+    module.loss.l1_weight = float("nan")
+    before = snapshot(module.tokenizer)
+    with pytest.raises(FloatingPointError, match=r"stage 'tok' at step 0.*train/tok/l1|stage 'tok' at step 0"):
+        fit_steps(module, datamodule, Stage("tok", 2, ("tokenizer",), caption_weight=0.0, lr={"tokenizer": 1e-3}),
+                  tmp_path)
+    assert [k for k in changed(before, module.tokenizer) if "encoder" in k or "decoder" in k] == []
+    module.nan_policy, module.max_nan_skips = "skip", 3
+    with pytest.raises(FloatingPointError, match="more than 3 batches skipped"):
+        fit_steps(module, datamodule, Stage("tok", 2, ("tokenizer",), caption_weight=0.0, lr={"tokenizer": 1e-3}),
+                  tmp_path)

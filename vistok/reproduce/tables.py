@@ -31,6 +31,7 @@ class Trend:
 
     text: str
     check: Callable[[dict[str, dict[str, float]]], tuple[bool, str]]
+    arms: tuple[str, ...] = ()  # the rows it compares (a trend is dropped when one of them is not run)
 
 
 @dataclass
@@ -53,7 +54,7 @@ def _gap(metric: str, a: str, b: str, at_least: float, scale: float = 100.0) -> 
         return gap >= at_least, f"{a} - {b} = {gap:+.2f}"
 
     unit = "pts" if scale == 100.0 else "dB"
-    return Trend(f"{metric}: {a} beats {b} by >= {at_least:g} {unit}", check)
+    return Trend(f"{metric}: {a} beats {b} by >= {at_least:g} {unit}", check, (a, b))
 
 
 def _psnr_within(a: str, b: str, tolerance: float) -> Trend:
@@ -61,7 +62,7 @@ def _psnr_within(a: str, b: str, tolerance: float) -> Trend:
         diff = m[a]["psnr"] - m[b]["psnr"]
         return diff >= -tolerance, f"psnr {a} - {b} = {diff:+.2f} dB"
 
-    return Trend(f"psnr: {a} within {tolerance:g} dB of {b} (or better)", check)
+    return Trend(f"psnr: {a} within {tolerance:g} dB of {b} (or better)", check, (a, b))
 
 
 def _psnr_drop(a: str, b: str, at_least: float) -> Trend:
@@ -69,7 +70,7 @@ def _psnr_drop(a: str, b: str, at_least: float) -> Trend:
         drop = m[b]["psnr"] - m[a]["psnr"]
         return drop >= at_least, f"psnr {b} - {a} = {drop:+.2f} dB"
 
-    return Trend(f"psnr: {a} at least {at_least:g} dB below {b}", check)
+    return Trend(f"psnr: {a} at least {at_least:g} dB below {b}", check, (a, b))
 
 
 def _highest(metric: str, best: str) -> Trend:
@@ -77,7 +78,7 @@ def _highest(metric: str, best: str) -> Trend:
         top = max(m, key=lambda arm: m[arm][metric])
         return top == best, ", ".join(f"{arm} {m[arm][metric]:.4f}" for arm in m)
 
-    return Trend(f"{metric}: {best} is the highest", check)
+    return Trend(f"{metric}: {best} is the highest of the rows run", check, (best,))
 
 
 PAPER4 = ["SEED-I", "GQA", "TQA", "MME-P", "GenEval"]

@@ -6,6 +6,7 @@ exists for training (loss weights, discriminator, optimisers, schedules) lives h
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from functools import partial
@@ -20,7 +21,9 @@ from vistok.losses.gan import LeCAM, hinge_d_loss
 from vistok.losses.recon import TokenizerLoss
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput
 from vistok.training.evaluation import ValidationAccumulator
-from vistok.training.stages import TOKENIZER_GROUPS, Stage
+from vistok.training.stages import Stage
+
+log = logging.getLogger(__name__)
 
 
 class VistokModule(L.LightningModule):
@@ -40,13 +43,19 @@ class VistokModule(L.LightningModule):
         max_caption_tokens: caption length cap for the LLM.
         usage_window: training steps over which codebook usage is logged.
         num_sample_captions: greedy captions kept per validation pass for inspection.
+        nan_policy: "raise" stops at the first non-finite loss (naming the step and the loss terms);
+            "skip" drops that batch without an update and counts it (up to `max_nan_skips`, then raises).
     """
 
     def __init__(self, tokenizer: Tokenizer, loss: TokenizerLoss, optimizer: Callable, llm: nn.Module | None = None,
                  projector: nn.Module | None = None, llm_input: str = "embeddings",
                  discriminator: nn.Module | None = None, lecam_weight: float = 0.0, grad_clip: float = 1.0,
-                 max_caption_tokens: int = 24, usage_window: int = 100, num_sample_captions: int = 8):
+                 max_caption_tokens: int = 24, usage_window: int = 100, num_sample_captions: int = 8,
+                 nan_policy: str = "raise", max_nan_skips: int = 10):
         super().__init__()
+        if nan_policy not in ("raise", "skip"):
+            raise ValueError(f"nan_policy must be 'raise' or 'skip', got '{nan_policy}'")
+        self.nan_policy, self.max_nan_skips, self.nan_skips = nan_policy, max_nan_skips, 0
         if llm_input not in ("embeddings", "indices"):
             raise ValueError(f"llm_input must be 'embeddings' or 'indices', got '{llm_input}'")
         if llm is not None and llm_input == "embeddings" and projector is None:
@@ -157,6 +166,8 @@ class VistokModule(L.LightningModule):
             caption = self.caption_forward(out, batch["caption"])
             total = total + stage.caption_weight * caption.loss
             logs["train/caption_loss"] = caption.loss.detach()
+        if not self._finite(total, logs):
+            return None  # batch dropped: no update, no step counted
         self._generator_step(total)
         if use_gan and recon is not None:
             logs.update(self._discriminator_step(images, recon.detach()))
@@ -177,6 +188,20 @@ class VistokModule(L.LightningModule):
         state = checkpoint.get("vistok", {})
         if self.stage is not None and state.get("stage") == self.stage.name:
             self.stage_step = int(state["stage_step"])
+
+    def _finite(self, total: torch.Tensor, logs: dict) -> bool:
+        """Catch NaN/inf before any weight is touched, so no checkpoint ever holds NaN weights."""
+        if torch.isfinite(total):
+            return True
+        bad = sorted(k for k, v in logs.items() if torch.is_tensor(v) and not torch.isfinite(v).all())
+        message = (f"non-finite loss in stage '{self.stage.name}' at step {self.stage_step} "
+                   f"(total step {self.step_offset + self.stage_step}); non-finite terms: {bad or ['train/loss']}")
+        self.nan_skips += 1
+        if self.nan_policy == "raise" or self.nan_skips > self.max_nan_skips:
+            raise FloatingPointError(message + ("" if self.nan_policy == "raise" else
+                                                f"; more than {self.max_nan_skips} batches skipped"))
+        log.warning("%s: batch skipped (%d so far)", message, self.nan_skips)
+        return False
 
     def _generator_step(self, total: torch.Tensor) -> None:
         opt, sch = self._optimizers()[0], self._schedulers()[0]

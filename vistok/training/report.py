@@ -31,11 +31,13 @@ class RunReport:
         self.data["final"] = dict(metrics)
         self._write()
 
-    def finish(self, steps: int, wall_seconds: float, data_skipped: int) -> None:
+    def finish(self, steps: int, wall_seconds: float, data_skipped: int, nan_skipped: int = 0) -> None:
         if self.data["stages"]:
             last = list(self.data["stages"].values())[-1]
             self.data["final"] = {k: v for k, v in last.items() if k != "steps"}
         self.data["final"]["data_skipped"] = data_skipped
+        if nan_skipped:
+            self.data["final"]["nan_skipped"] = nan_skipped
         self.data.update(steps=steps, wall_seconds=round(wall_seconds, 1))
         self._write()
 

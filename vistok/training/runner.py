@@ -109,7 +109,8 @@ def run(cfg: DictConfig) -> dict:
                 save_stage_pictures(module, stage.name, out_dir, loggers)
         offset += stage.steps
     if is_zero:
-        report.finish(steps=offset, wall_seconds=time.time() - start, data_skipped=module.skipped_samples)
+        report.finish(steps=offset, wall_seconds=time.time() - start, data_skipped=module.skipped_samples,
+                      nan_skipped=module.nan_skips)
         if cfg.export.enabled:
             meta = {"experiment": cfg.name, "step": offset, "metrics": report.final}
             save_tokenizer(module.tokenizer, OmegaConf.to_container(cfg.tokenizer, resolve=True),
