@@ -37,7 +37,7 @@ def test_default_experiment_is_ett_mini(compose_cfg):
 def test_frozen_arm_has_equal_steps_to_ett(compose_cfg):
     ett, frozen = compose_cfg(["experiment=ett_mini"]), compose_cfg(["experiment=ett_mini_frozen"])
     assert [s.steps for s in ett.stages.values()] == [s.steps for s in frozen.stages.values()]
-    assert "tokenizer" in ett.stages.ett.train and "tokenizer" not in frozen.stages.ett.train
+    assert "encoder" in ett.stages.ett.train and "encoder" not in frozen.stages.ett.train
 
 
 @pytest.mark.slow
