@@ -124,3 +124,30 @@ def test_evaluate_script_on_shards(exported, tmp_path):
     assert main([str(path), f"data={tmp_path / 'shards'}", "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "eval.json").read_text())["metrics"]
     assert metrics["images"] == 20 and 0 < metrics["psnr"] < 60 and 0 < metrics["codebook_usage"] <= 1
+
+
+def test_tokenize_shards_writes_token_shards_that_read_back(exported, tmp_path):
+    import io
+
+    import numpy as np
+    import webdataset as wds
+
+    from scripts.tokenize_shards import main
+    from vistok.data.generated import write_shards
+    from vistok.data.wds import make_val_loader
+
+    tokenizer, path = exported
+    write_shards(str(tmp_path / "shards"), "val", 12, seed=2, resolution=16, samples_per_shard=5)
+    assert main([str(path), "--input", str(tmp_path / "shards"), "--output", str(tmp_path / "tokens"),
+                 "--batch-size", "4", "--samples-per-shard", "8"]) == 0
+    assert len(list((tmp_path / "tokens").glob("tokens-*.tar"))) == 2
+    samples = {s["__key__"]: s for s in wds.WebDataset(sorted(map(str, (tmp_path / "tokens").glob("*.tar"))),
+                                                        shardshuffle=False)}
+    assert len(samples) == 12
+    batch = next(iter(make_val_loader(sorted(map(str, (tmp_path / "shards").glob("*.tar"))), 4, 16, 0, 1, 0)))
+    with torch.no_grad():
+        expected = tokenizer.encode(batch["image"]).indices.numpy()
+    for i, key in enumerate(batch["key"]):
+        tokens = np.load(io.BytesIO(samples[key]["tokens.npy"]))
+        assert tokens.shape == (64, 1) and (tokens == expected[i]).all()
+        assert samples[key]["txt"].decode() == batch["caption"][i]

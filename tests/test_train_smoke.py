@@ -73,6 +73,15 @@ def test_ett_mini_tiny_run_then_resume_skips_finished_stages(tmp_path, cache_dir
     for key in ("caption_loss", "caption_token_accuracy", "caption_exact_match", "attribute_accuracy",
                 "attribute_accuracy/mark"):
         assert key in metrics["final"], key
+    from transformers import AutoModelForCausalLM
+
+    from vistok.export import build_from_config
+
+    llm = AutoModelForCausalLM.from_pretrained(str(run_dir / "llm"), local_files_only=True)
+    import yaml
+
+    projector = build_from_config(yaml.safe_load((run_dir / "llm" / "projector" / "config.yaml").read_text()))
+    assert projector(torch.zeros(1, 64, 16)).shape == (1, 64, llm.config.hidden_size)
     captions = json.loads((run_dir / "sample_captions.json").read_text())
     assert set(captions) == {"align", "ett", "post"} and captions["ett"][0]["reference"]
 

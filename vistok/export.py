@@ -61,12 +61,51 @@ def save_tokenizer(tokenizer: torch.nn.Module, config: DictConfig | dict, out_di
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     save_file(state, str(tmp / "model.safetensors"))
     OmegaConf.save(OmegaConf.create(plain), tmp / "config.yaml")
-    info = {"format_version": FORMAT_VERSION, "torch": torch.__version__, **(meta or {})}
+    info = {"format_version": FORMAT_VERSION, "versions": _versions(), "git_commit": _git_commit(), **(meta or {})}
     (tmp / "meta.json").write_text(json.dumps(info, indent=2, default=float))
+    (tmp / "README.md").write_text(_model_card(plain, info, state))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("vistok", "torch", "vector-quantize-pytorch", "diffusers", "transformers"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def _git_commit() -> str | None:
+    """The vistok checkout's commit, when the package runs from a git checkout."""
+    import subprocess
+
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def _model_card(config: dict, info: dict, state: dict) -> str:
+    params = sum(v.numel() for v in state.values())
+    metrics = info.get("metrics") or {}
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, (int, float)))
+    return (f"---\nlibrary_name: vistok\ntags: [image-tokenizer, vistok]\n---\n\n"
+            f"# {info.get('experiment', 'vistok')} tokenizer\n\n"
+            f"`{config.get('_target_')}`, {params / 1e6:.2f}M parameters and buffers, exported at step "
+            f"{info.get('step', info.get('global_step'))}.\n\n"
+            "```python\nimport vistok\ntok = vistok.load_tokenizer(\"<this directory>\")\n"
+            "out = tok.encode(images)            # images (B, 3, H, W) in [-1, 1]\n"
+            "recon = tok.decode(out.embeddings)\n```\n\n"
+            + (f"| metric | value |\n| --- | --- |\n{rows}\n" if rows else ""))
 
 
 def load_tokenizer(path: str | Path, map_location: str = "cpu"):

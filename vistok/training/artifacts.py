@@ -64,3 +64,29 @@ def export_run(path: str | Path, out_dir: str | Path, fmt: str = "vistok") -> Pa
 
         meta["metrics"] = json.loads(metrics.read_text()).get("final", {})
     return save_tokenizer(tokenizer, config, out_dir, meta)
+
+
+def save_llm(module, projector_config: dict | None, out_dir: str | Path) -> Path:
+    """The jointly tuned LLM as a Hugging Face directory (`from_pretrained`) plus the projector beside it.
+
+    <out_dir>/                 config.json, model.safetensors, tokenizer files (transformers)
+    <out_dir>/projector/       model.safetensors + config.yaml (rebuild with vistok.export.build_from_config)
+    <out_dir>/vistok.json      how visual tokens enter: llm_input, visual_offset (index arm), num_tokens
+    """
+    import json
+
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    module.llm.model.save_pretrained(str(out_dir))
+    module.llm.tokenizer.save_pretrained(str(out_dir))
+    if module.projector is not None and projector_config is not None:
+        (out_dir / "projector").mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in module.projector.state_dict().items()}
+        save_file(state, str(out_dir / "projector" / "model.safetensors"))
+        OmegaConf.save(OmegaConf.create(projector_config), out_dir / "projector" / "config.yaml")
+    info = {"llm_input": module.llm_input, "visual_offset": getattr(module.llm, "visual_offset", None),
+            "num_visual_tokens": module.tokenizer.num_tokens, "tokenizer": "../tokenizer"}
+    (out_dir / "vistok.json").write_text(json.dumps(info, indent=2))
+    return out_dir

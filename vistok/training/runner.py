@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from vistok.export import save_tokenizer
+from vistok.training.artifacts import save_llm
 from vistok.training.module import VistokModule
 from vistok.training.quiet import quiet_libraries
 from vistok.training.report import RunReport, save_stage_pictures
@@ -40,6 +41,13 @@ def build_module(cfg: DictConfig, datamodule) -> VistokModule:
     if llm is not None and cfg.get("projector") and cfg.module.llm_input == "embeddings":
         projector = instantiate(cfg.projector, in_dim=tokenizer.embed_dim, out_dim=llm.hidden_size)
     return instantiate(cfg.module, tokenizer=tokenizer, loss=instantiate(cfg.loss), llm=llm, projector=projector)
+
+
+def _projector_config(cfg: DictConfig, module: VistokModule) -> dict | None:
+    if module.projector is None:
+        return None
+    config = OmegaConf.to_container(cfg.projector, resolve=True)
+    return {**config, "in_dim": module.tokenizer.embed_dim, "out_dim": module.llm.hidden_size}
 
 
 def load_init(module: VistokModule, path: str) -> None:
@@ -115,6 +123,8 @@ def run(cfg: DictConfig) -> dict:
             meta = {"experiment": cfg.name, "step": offset, "metrics": report.final}
             save_tokenizer(module.tokenizer, OmegaConf.to_container(cfg.tokenizer, resolve=True),
                            out_dir / "tokenizer", meta)
+            if module.llm is not None and cfg.export.llm:
+                save_llm(module, _projector_config(cfg, module), out_dir / "llm")
     for logger in loggers:
         logger.finalize("success")
     return report.final
