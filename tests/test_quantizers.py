@@ -86,3 +86,20 @@ def test_vq_frozen_in_eval_mode_does_not_update_codebook():
 def test_lfq_rejects_non_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
         LookupFreeQuantizer(D, 100)
+
+
+@pytest.mark.parametrize("name", ["vq", "ibq"])
+def test_frozen_codebook_still_passes_gradient_to_a_trainable_encoder(name):
+    """A stage may train the encoder but not the quantizer: codes must not move, gradients must flow."""
+    q = FACTORIES[name]()
+    q(torch.randn(8, 16, D))  # initialise
+    q.eval()
+    q.requires_grad_(False)
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    z = torch.randn(4, 10, D, requires_grad=True)
+    out = q(z)
+    out.quantized.square().sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert all(torch.equal(before[k], v) for k, v in q.state_dict().items())
+    with torch.no_grad():
+        assert torch.allclose(q(z.detach()).quantized, out.quantized.detach(), atol=1e-5)

@@ -68,7 +68,8 @@ def test_stage_switch_sets_grads_modes_and_optimizer_groups(ett_parts):
 
 def test_caption_loss_reaches_encoder_and_codebook_path(ett_parts):
     _, datamodule, module = ett_parts
-    module.set_stage(Stage("ett", 1, ("tokenizer", "projector", "llm"), alpha=0.0,
+    # The ETT mini stage: encoder and decoder tune, the codebook stays fixed (quantizer frozen).
+    module.set_stage(Stage("ett", 1, ("encoder", "decoder", "projector", "llm"), alpha=0.0,
                            lr={"tokenizer": 1e-3, "projector": 1e-3, "llm": 1e-3}))
     module.train()
     batch = next(iter(datamodule.val_dataloader()))

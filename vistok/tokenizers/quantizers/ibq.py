@@ -38,8 +38,9 @@ class IndexBackpropQuantizer(Quantizer):
         logits = z @ codes.t()  # (B, N, K)
         indices = logits.argmax(dim=-1)  # (B, N)
         hard = self.codebook(indices)  # (B, N, D)
-        if not self.training:
+        if not self.training and not z.requires_grad:
             return QuantizerOutput(quantized=hard, indices=indices, losses={})
+        # Training, or a frozen codebook under a trainable encoder: the straight-through path.
         probs = logits.softmax(dim=-1)
         one_hot = F.one_hot(indices, self.codebook_size).to(probs.dtype)
         straight_through = one_hot - probs.detach() + probs  # value: one-hot; gradient: softmax

@@ -71,7 +71,20 @@ class VectorQuantizer(Quantizer):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         if self.training and not self._sync_bound:
             self._bind_codebook_sync()
+        if not self.training and z.requires_grad:
+            return self._frozen_codebook_forward(z)
         quantized, indices, commit = self.vq(z)  # (B, N, D), (B, N), scalar
+        return QuantizerOutput(quantized=quantized, indices=indices.long(), losses={"commit": commit})
+
+    def _frozen_codebook_forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """A frozen quantizer under a trainable encoder: codes stay fixed (no EMA, no dead-code restart),
+        but gradients still pass to the encoder. vector-quantize-pytorch only routes gradients in
+        training mode, so run that path with the codebook frozen."""
+        self.vq.train()
+        try:
+            quantized, indices, commit = self.vq(z, freeze_codebook=True)
+        finally:
+            self.vq.eval()
         return QuantizerOutput(quantized=quantized, indices=indices.long(), losses={"commit": commit})
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
