@@ -63,11 +63,12 @@ def plot(out: Path, table: Table, means: dict, stds: dict) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for row in table.rows:
+    for i, row in enumerate(table.rows):
         m, s = means[row.experiment], stds[row.experiment]
         for metric, marker in (("attribute_accuracy", "o"), ("attribute_accuracy/mark", "^")):
-            if metric in m and "psnr" in m:
+            if metric in m and "psnr" in m:  # one colour per row: circle = all slots, triangle = mark slot
                 ax.errorbar(m["psnr"], 100 * m[metric], xerr=s["psnr"], yerr=100 * s[metric], fmt=marker,
+                            color=f"C{i}", capsize=3,
                             label=f"{row.label} ({'mark' if 'mark' in metric else 'all slots'})")
     ax.set_xlabel("PSNR (dB)")
     ax.set_ylabel("caption attribute accuracy (%)")
