@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pattern = args.data.removeprefix("data=")
     tokenizer = load_tokenizer(args.tokenizer)
-    resolution = args.resolution or tokenizer.grid * tokenizer.encoder.downsample
+    resolution = args.resolution or tokenizer.resolution
     loader = make_val_loader(expand_urls(pattern), args.batch_size, resolution, 0, 1, 0)
     perceptual = None
     if args.lpips_vgg or args.lpips_heads:

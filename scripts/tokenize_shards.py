@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     tokenizer = load_tokenizer(args.tokenizer)
-    resolution = args.resolution or tokenizer.grid * tokenizer.encoder.downsample
+    resolution = args.resolution or tokenizer.resolution
     loader = make_val_loader(expand_urls(args.input), args.batch_size, resolution, 0, 1, 0)
     sink, skipped, start = ShardSink(args.output, args.samples_per_shard), 0, time.time()
     with torch.no_grad():

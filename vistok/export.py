@@ -50,13 +50,18 @@ def build_from_config(node: Any) -> Any:
     return getattr(importlib.import_module(module_name), attr)(**kwargs)
 
 
+def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state dict as contiguous CPU tensors, ready for safetensors."""
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
 def save_tokenizer(tokenizer: torch.nn.Module, config: DictConfig | dict, out_dir: str | Path,
                    meta: dict | None = None) -> Path:
     """Write an export directory atomically (a crash never leaves half an export)."""
     out_dir = Path(out_dir)
     plain = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
     _check_targets(plain)
-    state = {k: v.detach().cpu().contiguous() for k, v in tokenizer.state_dict().items()}
+    state = cpu_state(tokenizer)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     save_file(state, str(tmp / "model.safetensors"))

@@ -50,7 +50,7 @@ def to_vqmodel(tokenizer: VQTokenizer):
         in_channels=enc.conv_in.in_channels, out_channels=tokenizer.decoder.net.conv_out.out_channels,
         down_block_types=("DownEncoderBlock2D",) * len(widths), up_block_types=("UpDecoderBlock2D",) * len(widths),
         block_out_channels=widths, layers_per_block=len(enc.down_blocks[0].resnets), act_fn="silu",
-        latent_channels=tokenizer.embed_dim, sample_size=tokenizer.grid * tokenizer.encoder.downsample,
+        latent_channels=tokenizer.embed_dim, sample_size=tokenizer.resolution,
         num_vq_embeddings=tokenizer.codebook_size, norm_num_groups=enc.conv_norm_out.num_groups,
         vq_embed_dim=tokenizer.embed_dim, mid_block_add_attention=enc.mid_block.attentions[0] is not None,
     )

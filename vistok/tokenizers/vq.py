@@ -30,6 +30,7 @@ class VQTokenizer(Tokenizer):
         if resolution % downsample:
             raise ValueError(f"resolution {resolution} is not divisible by the encoder downsample {downsample}")
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
+        self.resolution = resolution
         self.grid = resolution // downsample
         self.num_tokens = self.grid * self.grid
         self.embed_dim = quantizer.dim

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from vistok.export import build_from_config, save_tokenizer
+from vistok.export import build_from_config, cpu_state, save_tokenizer
 
 
 def locate(path: str | Path) -> tuple[Path, Path]:
@@ -83,8 +83,7 @@ def save_llm(module, projector_config: dict | None, out_dir: str | Path) -> Path
     module.llm.tokenizer.save_pretrained(str(out_dir))
     if module.projector is not None and projector_config is not None:
         (out_dir / "projector").mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in module.projector.state_dict().items()}
-        save_file(state, str(out_dir / "projector" / "model.safetensors"))
+        save_file(cpu_state(module.projector), str(out_dir / "projector" / "model.safetensors"))
         OmegaConf.save(OmegaConf.create(projector_config), out_dir / "projector" / "config.yaml")
     info = {"llm_input": module.llm_input, "visual_offset": getattr(module.llm, "visual_offset", None),
             "num_visual_tokens": module.tokenizer.num_tokens, "tokenizer": "../tokenizer"}
