@@ -50,11 +50,10 @@ class FeatureStats:
         return (self.outer - self.count * torch.outer(centred_sum, centred_sum)) / (self.count - 1)
 
 
-def _psd_sqrt(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric PSD (D, D) -> (its square root, its eigenvalues clipped at 0), via eigh."""
+def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    """Symmetric PSD (D, D) -> its symmetric square root, via eigh (rounding-error negatives clipped to 0)."""
     values, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
-    values = values.clamp_min(0)
-    return (vectors * values.sqrt()) @ vectors.T, values
+    return (vectors * values.clamp_min(0).sqrt()) @ vectors.T
 
 
 def trace_sqrt_product(sigma1: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
@@ -65,7 +64,7 @@ def trace_sqrt_product(sigma1: torch.Tensor, sigma2: torch.Tensor) -> torch.Tens
     product, this stays real and accurate when the covariances are rank-deficient (fewer images than
     feature dimensions).
     """
-    root1, _ = _psd_sqrt(sigma1)
+    root1 = _psd_sqrt(sigma1)
     middle = root1 @ sigma2 @ root1
     values = torch.linalg.eigvalsh((middle + middle.T) / 2)
     return values.clamp_min(0).sqrt().sum()
