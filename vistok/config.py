@@ -62,11 +62,110 @@ def validate(cfg: DictConfig) -> None:
     group_choices = [o for o in overrides if "=" in o and _is_group_override(o)]
     reference = compose(config_name=HydraConfig.get().job.config_name, overrides=group_choices)
     check_override_types(cfg, overrides, reference)
+    check_stages(cfg)
+    check_connections(cfg)
+
+
+def check_stages(cfg: DictConfig) -> None:
+    """Every stage builds, names groups that exist in this experiment, and sets an lr for each."""
+    from dataclasses import fields
+
+    from vistok.training.stages import Stage, stages_from_config
+
     if not cfg.get("stages"):
         raise ConfigError("the experiment defines no 'stages'")
+    known = sorted(f.name for f in fields(Stage) if f.name != "name")
     for name, stage in cfg.stages.items():
         if stage is not None and not OmegaConf.is_dict(stage):
             raise ConfigError(f"stages.{name} must be a mapping of stage fields, got {stage!r}")
+        for key in stage or {}:
+            if key not in known:
+                raise ConfigError(f"stages.{name}.{key} is not a stage field; stage fields: {known}")
+    try:
+        stages = stages_from_config(cfg.stages, cfg.get("max_steps_per_stage"), cfg.get("stage_defaults"))
+    except (TypeError, ValueError) as exn:
+        raise ConfigError(f"stages: {exn}") from exn
+    present = {"llm": cfg.get("llm") is not None, "projector": cfg.get("projector") is not None,
+               "discriminator": OmegaConf.select(cfg, "module.discriminator") is not None}
+    for stage in stages:
+        for group in stage.train:
+            if not present.get(group, True):
+                key = "module.discriminator" if group == "discriminator" else group
+                raise ConfigError(f"stages.{stage.name}.train names '{group}', but this experiment has no "
+                                  f"{group} ({key} is null)")
+            try:
+                stage.lr_for(group)
+            except KeyError as exn:
+                raise ConfigError(f"stages.{stage.name}.lr: {exn.args[0]}") from exn
+
+
+def check_connections(cfg: DictConfig) -> None:
+    """The tokenizer's tokens must fit the LLM: a projector where one is needed, pooling that the token
+    count allows, and a visual + caption sequence within the LLM's positions. Built on the meta device:
+    shapes only, no memory, no weights."""
+    if cfg.get("llm") is None:
+        return
+    llm_input = OmegaConf.select(cfg, "module.llm_input", default="embeddings")
+    if llm_input == "embeddings" and cfg.get("projector") is None:
+        raise ConfigError("module.llm_input=embeddings feeds codebook embeddings through a projector, but "
+                          "projector is null; choose one (projector=mlp) or use module.llm_input=indices")
+    num_tokens = _tokenizer_num_tokens(cfg)
+    if num_tokens is None:
+        return
+    visual = num_tokens
+    pool = OmegaConf.select(cfg, "projector.pool_tokens", default=None) if llm_input == "embeddings" else None
+    if pool is not None:
+        if pool > num_tokens:
+            resolution = OmegaConf.select(cfg, "data.resolution")
+            raise ConfigError(f"projector.pool_tokens={pool} is more than the {num_tokens} tokens the "
+                              f"tokenizer emits at data.resolution={resolution}; it must be <= {num_tokens}")
+        visual = pool
+    positions, source = _llm_positions(cfg)
+    caption = int(OmegaConf.select(cfg, "module.max_caption_tokens", default=0) or 0)
+    if positions is not None and visual + caption > positions:
+        raise ConfigError(
+            f"the LLM sequence would be {visual} visual tokens + {caption} caption tokens "
+            f"(module.max_caption_tokens) = {visual + caption} positions, more than the LLM's {positions} "
+            f"({source}); lower data.resolution, pool the tokens (projector=swiglu projector.pool_tokens=N) "
+            f"or use an LLM with more positions")
+
+
+def _tokenizer_num_tokens(cfg: DictConfig) -> int | None:
+    """Tokens per image, from the tokenizer built on the meta device; None if it cannot be built there
+    (the real build then reports the problem itself)."""
+    import torch
+    from hydra.utils import instantiate
+
+    try:
+        with torch.device("meta"):
+            return int(instantiate(cfg.tokenizer).num_tokens)
+    except Exception:  # noqa: BLE001 - this check must never be the reason a buildable config fails
+        return None
+
+
+def _llm_positions(cfg: DictConfig) -> tuple[int | None, str]:
+    """The LLM's position limit and the key (or file) it comes from; None when it cannot be read yet."""
+    import json
+    import os
+
+    built = OmegaConf.select(cfg, "llm.build.max_position_embeddings", default=None)
+    if OmegaConf.select(cfg, "llm.build", default=None) is not None:
+        return (int(built), "llm.build.max_position_embeddings") if built else (None, "")
+    path = OmegaConf.select(cfg, "llm.path", default=None)
+    if path is None:
+        return None, ""
+    config_file = os.path.join(os.path.expanduser(str(path)), "config.json")
+    if not os.path.isdir(os.path.expanduser(str(path))):
+        raise ConfigError(f"llm.path={path} does not exist (a local Hugging Face model directory is "
+                          "expected)")
+    if not os.path.isfile(config_file):
+        return None, ""
+    with open(config_file) as handle:
+        config = json.load(handle)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(config.get(key), int):
+            return config[key], f"{key} in {config_file}"
+    return None, ""
 
 
 def _is_group_override(override: str) -> bool:

@@ -26,6 +26,11 @@ class ShardDataModule(L.LightningDataModule):
 
     Batches are dicts: {"image": (B, 3, H, W) in [-1, 1], "caption": list[str], "key": list[str],
     "skipped": int}. An epoch is `ceil(train_samples / (batch_size * world_size))` batches on every rank.
+    When the trainer resumed from a mid-epoch checkpoint, the training stream continues at the batch
+    after the last one trained on (the stream is deterministic in the seed, rank, worker and epoch).
+
+    `require_captions` (set by the runner for runs with an LLM) counts samples without a caption as
+    corrupt; otherwise they are kept with an empty caption.
     """
 
     def __init__(
@@ -38,6 +43,7 @@ class ShardDataModule(L.LightningDataModule):
         num_workers: int = 0,
         train_samples: int | None = None,
         seed: int = 0,
+        require_captions: bool = False,
     ):
         super().__init__()
         # Only store arguments: Hydra builds this before anything may touch the file system.
@@ -47,6 +53,7 @@ class ShardDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.train_samples = train_samples
         self.seed = seed
+        self.require_captions = require_captions
         self.train_urls: list[str] | None = None
         self.val_urls: list[str] | None = None
 
@@ -73,6 +80,19 @@ class ShardDataModule(L.LightningDataModule):
             return 0, 1
         return int(trainer.global_rank), int(trainer.world_size)
 
+    def _resume_position(self) -> tuple[int, int]:
+        """(epoch, batches of it already trained on) of the attached trainer; (0, 0) unless resumed.
+
+        Lightning restores its loop counters from the checkpoint before it asks for the dataloader;
+        `processed` counts the batch a checkpoint was saved after (its `completed` lags by one there).
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 0
+        fit_loop = trainer.fit_loop
+        epoch = int(fit_loop.epoch_progress.current.completed)
+        return epoch, int(fit_loop.epoch_loop.batch_progress.current.processed)
+
     def batches_per_rank(self, world_size: int) -> int:
         """Training batches every rank yields per epoch."""
         self.prepare()
@@ -86,16 +106,24 @@ class ShardDataModule(L.LightningDataModule):
     def train_dataloader(self) -> ShardLoader:
         self.prepare()
         rank, world_size = self._rank_and_world()
-        return make_train_loader(
+        batches_per_rank = self.batches_per_rank(world_size)
+        loader = make_train_loader(
             self.train_urls, self.batch_size, self.resolution, rank, world_size,
-            self.num_workers, self.batches_per_rank(world_size), self.seed,
+            self.num_workers, batches_per_rank, self.seed, require_caption=self.require_captions,
         )
+        epoch, batches_done = self._resume_position()
+        if batches_done >= batches_per_rank:  # saved after the last batch of an epoch: start the next
+            epoch, batches_done = epoch + 1, 0
+        if epoch or batches_done:
+            loader.resume_at(epoch, batches_done)
+        return loader
 
     def val_dataloader(self) -> ShardLoader:
         self.prepare()
         rank, world_size = self._rank_and_world()
         return make_val_loader(
             self.val_urls, self.val_batch_size, self.resolution, rank, world_size, self.num_workers,
+            require_caption=self.require_captions,
         )
 
     def train_captions(self, limit: int | None = None) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import io
+import itertools
 import json
 import logging
 import os
@@ -130,8 +131,11 @@ class _SkipCounter:
         self.total = 0
         self.consecutive = 0
         self.max_consecutive = max_consecutive
+        self._last_message = ""
 
     def __call__(self, exn: Exception) -> bool:
+        if self._repeats_last_shard_error(exn):
+            return True
         self.pending += 1
         self.total += 1
         self.consecutive += 1
@@ -140,6 +144,17 @@ class _SkipCounter:
         if self.consecutive > self.max_consecutive:
             raise RuntimeError(f"{self.consecutive} consecutive corrupt samples/shards; last: {exn!r}")
         return True  # tell webdataset to continue with the next sample
+
+    def _repeats_last_shard_error(self, exn: Exception) -> bool:
+        """True for the second report of one truncated shard.
+
+        A tar cut inside a member fails twice: reading the member (message `... @ <stream>`), then the
+        shard's stream as webdataset moves to the next header (args `(..., stream, url)`). Both are one
+        lost sample, so the second is not counted; it always follows the first immediately.
+        """
+        last, self._last_message = self._last_message, str(exn.args[0]) if exn.args else ""
+        stream = exn.args[-2] if len(exn.args) >= 3 else None
+        return stream is not None and hasattr(stream, "read") and last.endswith(f" @ {stream}")
 
     def succeeded(self) -> None:
         self.consecutive = 0
@@ -183,11 +198,16 @@ def load_image(data: bytes, resolution: int) -> torch.Tensor:
 
 
 class _Decode:
-    """Turn a raw webdataset sample into {"image", "caption", "key"}; raises if it is corrupt."""
+    """Turn a raw webdataset sample into {"image", "caption", "key"}; raises if it is corrupt.
 
-    def __init__(self, resolution: int, counter: _SkipCounter):
+    With `require_caption` (runs that train on captions) a sample without a caption is corrupt too;
+    otherwise its caption is "".
+    """
+
+    def __init__(self, resolution: int, counter: _SkipCounter, require_caption: bool = False):
         self.resolution = resolution
         self.counter = counter
+        self.require_caption = require_caption
 
     def __call__(self, sample: dict) -> dict:
         ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
@@ -196,6 +216,9 @@ class _Decode:
         image = load_image(sample[ext], self.resolution)
         caption = sample.get("txt", b"")
         caption = caption.decode("utf-8", errors="replace").strip() if caption else ""
+        if self.require_caption and not caption:
+            raise ValueError(f"sample {sample.get('__key__')!r} has no caption (txt) and this run trains on "
+                             "captions")
         self.counter.succeeded()
         return {"image": image, "caption": caption, "key": str(sample.get("__key__", ""))}
 
@@ -233,10 +256,14 @@ class TrainStream(IterableDataset):
     `batches_per_rank // W` plus one if `w < batches_per_rank % W`), so every rank yields exactly
     `batches_per_rank` batches whatever `num_workers` is. Seeds mix (seed, rank, worker, epoch): runs
     repeat, ranks and workers differ, and each epoch draws a new stream.
+
+    Because the stream is a function of those seeds, a resumed run can continue at the exact batch it
+    stopped at: `start_batch` (set by `ShardLoader.resume_at`) fast-forwards past the rank's first
+    batches of the epoch, reading and dropping them.
     """
 
     def __init__(self, urls: list[str], batch_size: int, resolution: int, rank: int, world_size: int,
-                 batches_per_rank: int, seed: int, shuffle_buffer: int = 1000):
+                 batches_per_rank: int, seed: int, shuffle_buffer: int = 1000, require_caption: bool = False):
         super().__init__()
         if not urls:
             raise ValueError("TrainStream needs at least one shard")
@@ -245,7 +272,9 @@ class TrainStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.batches_per_rank, self.seed = batches_per_rank, seed
         self.shuffle_buffer = shuffle_buffer
+        self.require_caption = require_caption
         self.epoch = 0  # set by `ShardLoader` in the main process before workers are started
+        self.start_batch = 0  # likewise: batches of this epoch already trained on (resume)
 
     def __len__(self) -> int:
         return self.batches_per_rank
@@ -253,6 +282,10 @@ class TrainStream(IterableDataset):
     def _worker_batches(self, worker: int, num_workers: int) -> int:
         base, extra = divmod(self.batches_per_rank, num_workers)
         return base + (1 if worker < extra else 0)
+
+    def _worker_done(self, worker: int, num_workers: int) -> int:
+        """This worker's share of the first `start_batch` batches (the DataLoader takes workers in turn)."""
+        return max(0, -(-(self.start_batch - worker) // num_workers))
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = _worker()
@@ -268,10 +301,11 @@ class TrainStream(IterableDataset):
             wds.tarfile_to_samples(handler=counter),
             wds.select(_is_success),
             wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), seed=shuffle_seed),
-            wds.map(_Decode(self.resolution, counter), handler=counter),
+            wds.map(_Decode(self.resolution, counter, self.require_caption), handler=counter),
             wds.batched(self.batch_size, collation_fn=_Collate(counter), partial=False),
         ).with_epoch(num_batches)
-        return iter(pipeline)
+        # Batches already trained on are dropped with their skip counts (the checkpoint counted those).
+        return itertools.islice(iter(pipeline), self._worker_done(worker, num_workers), None)
 
 
 def _zero() -> int:
@@ -284,11 +318,13 @@ class ValStream(IterableDataset):
     With fewer shards than ranks (or workers) some ranks/workers get no shard and yield nothing.
     """
 
-    def __init__(self, urls: list[str], batch_size: int, resolution: int, rank: int, world_size: int):
+    def __init__(self, urls: list[str], batch_size: int, resolution: int, rank: int, world_size: int,
+                 require_caption: bool = False):
         super().__init__()
         self.urls = list(urls)
         self.batch_size, self.resolution = batch_size, resolution
         self.rank, self.world_size = rank, world_size
+        self.require_caption = require_caption
 
     def worker_shards(self, worker: int, num_workers: int) -> list[str]:
         return self.urls[self.rank:: self.world_size][worker::num_workers]
@@ -302,7 +338,7 @@ class ValStream(IterableDataset):
             wds.SimpleShardList(shards),
             wds.tarfile_to_samples(handler=counter),
             wds.select(_is_success),
-            wds.map(_Decode(self.resolution, counter), handler=counter),
+            wds.map(_Decode(self.resolution, counter, self.require_caption), handler=counter),
             wds.batched(self.batch_size, collation_fn=_Collate(counter), partial=True),
         )
         return iter(pipeline)
@@ -318,15 +354,32 @@ class ShardLoader(DataLoader):
     def __init__(self, dataset: IterableDataset, **kwargs: Any):
         super().__init__(dataset, batch_size=None, persistent_workers=False, **kwargs)
         self._next_epoch = 0
+        self._start_batch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch used by the next `iter()` (e.g. when resuming a run)."""
         self._next_epoch = epoch
 
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Make the next `iter()` continue epoch `epoch` after its first `batches_done` batches."""
+        self._next_epoch, self._start_batch = epoch, batches_done
+
+    # Lightning treats a loader with state_dict/load_state_dict as resumable (and warns otherwise). The
+    # position itself is not kept here: it is derived from Lightning's own restored loop counters and
+    # handed over with `resume_at` (see ShardDataModule.train_dataloader).
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def __iter__(self):
         if hasattr(self.dataset, "epoch"):
             self.dataset.epoch = self._next_epoch
+        if hasattr(self.dataset, "start_batch"):
+            self.dataset.start_batch = self._start_batch
         self._next_epoch += 1
+        self._start_batch = 0
         return super().__iter__()
 
 
@@ -341,20 +394,23 @@ def _loader(dataset: IterableDataset, num_workers: int, multiprocessing_context:
 
 def make_train_loader(urls: list[str], batch_size: int, resolution: int, rank: int, world_size: int,
                       num_workers: int, batches_per_rank: int, seed: int, shuffle_buffer: int = 1000,
-                      multiprocessing_context: str | None = None) -> ShardLoader:
+                      multiprocessing_context: str | None = None,
+                      require_caption: bool = False) -> ShardLoader:
     """Training loader: resampled shards, shuffled, full batches, exactly `batches_per_rank` per epoch.
 
     Shards are drawn with replacement, so ranks are not disjoint; they draw different streams.
+    `require_caption` counts samples without a caption as corrupt (skipped).
     """
     dataset = TrainStream(expand_urls(urls), batch_size, resolution, rank, world_size,
-                          batches_per_rank, seed, shuffle_buffer)
+                          batches_per_rank, seed, shuffle_buffer, require_caption)
     return _loader(dataset, num_workers, multiprocessing_context)
 
 
 def make_val_loader(urls: list[str], batch_size: int, resolution: int, rank: int, world_size: int,
-                    num_workers: int, multiprocessing_context: str | None = None) -> ShardLoader:
+                    num_workers: int, multiprocessing_context: str | None = None,
+                    require_caption: bool = False) -> ShardLoader:
     """Validation loader: every sample exactly once over all ranks, unshuffled, last batch partial."""
-    dataset = ValStream(expand_urls(urls), batch_size, resolution, rank, world_size)
+    dataset = ValStream(expand_urls(urls), batch_size, resolution, rank, world_size, require_caption)
     return _loader(dataset, num_workers, multiprocessing_context)
 
 

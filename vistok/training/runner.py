@@ -2,7 +2,8 @@
 
 Each stage is one `Trainer.fit` with its own checkpoints under `checkpoints/<stage>/`; a finished
 stage leaves a `done` marker, so re-running the same command in the same run directory resumes
-where it stopped (finished stages are skipped, an interrupted one resumes from its last.ckpt).
+where it stopped (finished stages are skipped, an interrupted one resumes from its newest complete
+checkpoint; see vistok/training/checkpointing.py for how checkpoints are written, chosen and checked).
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from vistok.export import save_tokenizer
 from vistok.training.artifacts import save_llm
+from vistok.training.checkpointing import (
+    AtomicCheckpointIO,
+    ResumeState,
+    RollbackSkippedBatch,
+    checked_resume_checkpoint,
+    load_finished_stage,
+    load_weights,
+    model_config,
+)
 from vistok.training.module import VistokModule
 from vistok.training.quiet import quiet_libraries
 from vistok.training.report import RunReport, save_stage_pictures
@@ -60,7 +70,7 @@ def load_init(module: VistokModule, path: str) -> None:
         ckpt = candidates[-1]
     if not ckpt.is_file():
         raise FileNotFoundError(f"init_from: {ckpt} does not exist")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = load_weights(ckpt)
     own = module.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     module.load_state_dict(usable, strict=False)
@@ -69,6 +79,7 @@ def load_init(module: VistokModule, path: str) -> None:
 
 def _callbacks(cfg: DictConfig, stage_dir: Path) -> list:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks += [ResumeState(model_config(cfg)), RollbackSkippedBatch()]
     callbacks.append(ModelCheckpoint(dirpath=stage_dir, filename="step{step:06d}", auto_insert_metric_name=False,
                                      every_n_train_steps=cfg.checkpoint_every, save_top_k=-1, save_last=True))
     return callbacks
@@ -76,10 +87,12 @@ def _callbacks(cfg: DictConfig, stage_dir: Path) -> list:
 
 def _fit_stage(cfg: DictConfig, module: VistokModule, datamodule, stage: Stage, loggers: list, out_dir: Path):
     stage_dir = out_dir / "checkpoints" / stage.name
-    resume = stage_dir / "last.ckpt"
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=_callbacks(cfg, stage_dir))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.exists() else None)
-    trainer.save_checkpoint(resume)
+    resume = checked_resume_checkpoint(module, stage_dir, model_config(cfg))
+    plugins = None if cfg.trainer.get("plugins") else [AtomicCheckpointIO()]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=_callbacks(cfg, stage_dir),
+                                     plugins=plugins)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    trainer.save_checkpoint(stage_dir / "last.ckpt")
     trainer.validate(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:
         (stage_dir / "done").write_text(json.dumps(module.val_metrics))
@@ -96,6 +109,7 @@ def run(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     datamodule.prepare()
     module = build_module(cfg, datamodule)
+    datamodule.require_captions = module.llm is not None  # caption training: a caption-less sample is corrupt
     if cfg.get("init_from"):
         load_init(module, cfg.init_from)
     stages = stages_from_config(cfg.stages, cfg.get("max_steps_per_stage"), cfg.get("stage_defaults"))
@@ -106,8 +120,7 @@ def run(cfg: DictConfig) -> dict:
         module.set_stage(stage, offset)
         done = out_dir / "checkpoints" / stage.name / "done"
         if done.exists():
-            module.load_state_dict(torch.load(done.parent / "last.ckpt", map_location="cpu",
-                                              weights_only=False)["state_dict"])
+            load_finished_stage(module, done.parent, model_config(cfg))
             print(f"stage '{stage.name}' already finished: skipped")
         else:
             trainer = _fit_stage(cfg, module, datamodule, stage, loggers, out_dir)
