@@ -17,8 +17,6 @@ from vistok.reproduce.report import plot, render, summarise, write
 from vistok.reproduce.runner import collect, plan, run_all
 from vistok.reproduce.tables import TABLES
 
-ETT_STAGES = ("tokenizer", "align", "ett", "post")
-
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.time() - start:7.1f}s] {message}", flush=True)
 
-    bases, rows = plan(table, args.scale, seeds, out, ETT_STAGES)
+    bases, rows = plan(table, args.scale, seeds, out, table.stages)
     run_all(bases, args.parallel, log)
     run_all([job for jobs in rows.values() for job in jobs], args.parallel, log)
     per_row = collect(rows)

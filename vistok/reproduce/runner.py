@@ -46,18 +46,20 @@ def _experiment(row: Row | None, scale: str, table: Table) -> list[str]:
 
 def plan(table: Table, scale: str, seeds: int, out: Path, all_stages: tuple[str, ...]) -> tuple[list[Job], dict]:
     """Base jobs (shared stages per seed) and row jobs (the rest, from the base checkpoints)."""
-    extra = SCALE_OVERRIDES[scale]
+    extra = (table.scale_overrides or SCALE_OVERRIDES)[scale]
     shared = max((row.shared for row in table.rows), key=len)
     bases, rows = [], {}
     for seed in range(seeds):
         base_dir = out / f"seed{seed}" / "base"
-        dropped = [f"stages.{s}=null" for s in all_stages if s not in shared]
-        bases.append(Job(base_dir, [*_experiment(None, scale, table), *extra, f"seed={seed}", *dropped], shared))
+        if shared:  # rows that share nothing (e.g. different tokenizers) each train from scratch
+            dropped = [f"stages.{s}=null" for s in all_stages if s not in shared]
+            bases.append(Job(base_dir, [*_experiment(None, scale, table), *extra, f"seed={seed}", *dropped], shared))
         for row in table.rows:
-            init = base_dir / "checkpoints" / row.shared[-1] / "last.ckpt"
-            skipped = [f"stages.{s}=null" for s in row.shared]
-            overrides = [*_experiment(row, scale, table), *extra, f"seed={seed}", *skipped,
-                         f"init_from={init}"]
+            start = []
+            if row.shared:
+                init = base_dir / "checkpoints" / row.shared[-1] / "last.ckpt"
+                start = [*(f"stages.{s}=null" for s in row.shared), f"init_from={init}"]
+            overrides = [*_experiment(row, scale, table), *extra, f"seed={seed}", *start]
             remaining = tuple(s for s in all_stages if s not in row.shared)
             rows.setdefault(row.experiment, []).append(Job(out / f"seed{seed}" / row.experiment, overrides, remaining))
     return bases, rows

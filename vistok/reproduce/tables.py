@@ -44,6 +44,8 @@ class Table:
     trends: list[Trend]
     base_experiment: str = "ett_mini"  # trains the shared stages at mini/smoke scale
     paper_base: str = "ett_paper"
+    stages: tuple[str, ...] = ("tokenizer", "align", "ett", "post")  # every stage a row may run
+    scale_overrides: dict[str, list[str]] | None = None  # per scale; None = the runner's (tiny LLM at smoke)
 
 
 def _gap(metric: str, a: str, b: str, at_least: float, scale: float = 100.0) -> Trend:
@@ -79,6 +81,30 @@ def _highest(metric: str, best: str) -> Trend:
         return top == best, ", ".join(f"{arm} {m[arm][metric]:.4f}" for arm in m)
 
     return Trend(f"{metric}: {best} is the highest of the rows run", check, (best,))
+
+
+def _increasing(metric: str, arms: list[str]) -> Trend:
+    """mean[arms[0]][metric] < mean[arms[1]][metric] < ... (strictly)."""
+
+    def check(m):
+        values = [m[a][metric] for a in arms]
+        return all(a < b for a, b in zip(values, values[1:])), " < ".join(f"{a} {v:.2f}" for a, v in zip(arms, values))
+
+    return Trend(f"{metric} rises strictly: {' < '.join(arms)}", check, tuple(arms))
+
+
+def _every_at_least(metric: str, arms: list[str], bound: float) -> Trend:
+    def check(m):
+        return all(m[a][metric] >= bound for a in arms), ", ".join(f"{a} {m[a][metric]:.3f}" for a in arms)
+
+    return Trend(f"{metric} >= {bound:g} in every row of {', '.join(arms)}", check, tuple(arms))
+
+
+def _every_abs_at_most(metric: str, arms: list[str], bound: float) -> Trend:
+    def check(m):
+        return all(abs(m[a][metric]) <= bound for a in arms), ", ".join(f"{a} {m[a][metric]:+.3f}" for a in arms)
+
+    return Trend(f"|{metric}| <= {bound:g} in every row of {', '.join(arms)}", check, tuple(arms))
 
 
 PAPER4 = ["SEED-I", "GQA", "TQA", "MME-P", "GenEval"]
@@ -136,3 +162,33 @@ TABLES = {
         ],
     ),
 }
+
+
+BITS_ARMS = ["binary1d_mini_bits4", "binary1d_mini", "binary1d_mini_bits16"]
+TABLES["instella_bits"] = Table(
+    name="instella_bits",
+    title="Instella-T2I 1D-BIT - bits per token at equal token count (16 tokens), and VQ at equal bits",
+    rows=[
+        Row("binary, 4 bits / token", "binary1d_mini_bits4", ["tokenizer.quantizer.bits=4"], shared=()),
+        Row("binary, 8 bits / token", "binary1d_mini", ["tokenizer.quantizer.bits=8"], shared=()),
+        Row("binary, 16 bits / token", "binary1d_mini_bits16", ["tokenizer.quantizer.bits=16"], shared=()),
+        Row("1-D VQ, K = 256 (8 bits / token)", "binary1d_mini_vq1d",
+            ["tokenizer/quantizer=vq", "tokenizer.quantizer.codebook_size=256"], shared=()),
+        # Bits per image of binary-8. Mini: a 4 x 4 grid with K = 256; paper: an 8 x 8 grid with K = 2^16 at 1024 px.
+        Row("2-D VQ at binary-8's bits per image", "binary1d_mini_vq2d",
+            ["tokenizer=vq", "tokenizer.embed_dim=16", "tokenizer.quantizer.codebook_size=65536",
+             "tokenizer.encoder.base_channels=128", "tokenizer.encoder.ch_mult=[1,1,2,2,4,4,4,4]",
+             "tokenizer.encoder.blocks_per_level=2"], shared=()),
+    ],
+    ours=["psnr", "ssim", "bit_entropy", "token_bit_entropy", "train_eval_psnr_gap", "codebook_usage"],
+    paper_columns=[],  # the paper reports one operating point (128 tokens x 64 bits), no sweep over bits
+    trends=[
+        _increasing("psnr", BITS_ARMS),
+        _every_at_least("bit_entropy", BITS_ARMS, 0.8),
+        _every_abs_at_most("train_eval_psnr_gap", BITS_ARMS, 0.5),
+    ],
+    base_experiment="binary1d_mini",
+    paper_base="instella_paper",
+    stages=("tokenizer",),
+    scale_overrides={"smoke": ["debug=tiny"], "mini": [], "paper": []},
+)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from vistok import dist
 from vistok.data.generated import SLOTS, parse_caption
+from vistok.eval.bits import bit_counts, bit_entropy
 from vistok.eval.recon import psnr_per_image, ssim_per_image
 from vistok.eval.tokens import code_histogram, codebook_stats
 
@@ -27,6 +31,8 @@ class ValidationAccumulator:
     sums: dict[str, float] = field(init=False)
     histogram: torch.Tensor = field(init=False)
     samples: list[SampleCaption] = field(default_factory=list)
+    tokenizer: nn.Module | None = field(default=None, repr=False)  # given: family metrics (BitMetrics.applies)
+    bits: BitMetrics | None = field(init=False, default=None)
 
     # Every rank reduces the same keys in the same order, even a rank that saw no batch.
     KEYS = ("images", "psnr", "ssim", "caption_tokens", "caption_nll", "caption_correct", "captions",
@@ -35,6 +41,8 @@ class ValidationAccumulator:
     def __post_init__(self) -> None:
         self.sums = dict.fromkeys(self.KEYS, 0.0)
         self.histogram = torch.zeros(self.codebook_size, dtype=torch.float64)
+        if self.tokenizer is not None and BitMetrics.applies(self.tokenizer):
+            self.bits = BitMetrics(self.tokenizer)
 
     def add(self, name: str, value: float) -> None:
         self.sums[name] += float(value)
@@ -44,6 +52,8 @@ class ValidationAccumulator:
         self.add("psnr", psnr_per_image(images, recon).sum())
         self.add("ssim", ssim_per_image(images, recon).sum())
         self.histogram += code_histogram(indices.cpu(), self.codebook_size)
+        if self.bits is not None:
+            self.bits.add(images, indices, psnr_per_image(images, recon))
 
     def add_captions(self, keys: list[str], references: list[str], generated: list[str], keep: int) -> None:
         for key, ref, gen in zip(keys, references, generated):
@@ -70,6 +80,8 @@ class ValidationAccumulator:
         histogram = dist.all_reduce_sum(self.histogram.clone())
         if histogram.sum() > 0:
             metrics.update(codebook_stats(histogram))
+        if self.bits is not None:
+            metrics.update(self.bits.compute())
         if sums.get("caption_tokens"):
             metrics["caption_loss"] = sums["caption_nll"] / sums["caption_tokens"]
             metrics["caption_token_accuracy"] = sums["caption_correct"] / sums["caption_tokens"]
@@ -80,3 +92,86 @@ class ValidationAccumulator:
             metrics["attribute_accuracy"] = sum(per_slot.values()) / len(per_slot)
             metrics.update({f"attribute_accuracy/{s}": v for s, v in per_slot.items()})
         return metrics
+
+
+@contextmanager
+def sampling_quantizer(tokenizer: nn.Module):
+    """The quantizer in training mode (sampled bits), the rest of the tokenizer as it is."""
+    quantizer, was_training = tokenizer.quantizer, tokenizer.quantizer.training
+    quantizer.train()
+    try:
+        yield
+    finally:
+        quantizer.train(was_training)
+
+
+class BitMetrics:
+    """Binary-token metrics over an eval set, for tokenizers whose ids are bit strings (`token_bits`).
+
+    - `bit_entropy`: mean over the K bits of the entropy (in bits) of each bit's frequency of ones, pooled
+      over token positions and images; `token_bit_entropy`: the same per (token position, bit).
+    - `psnr_train_mode`: PSNR with the quantizer sampling bits as in training (stochastic quantizers only),
+      and `train_eval_psnr_gap` = psnr (thresholded bits) - psnr_train_mode.
+    """
+
+    def __init__(self, tokenizer: nn.Module):
+        self.tokenizer = tokenizer
+        self.stochastic = bool(getattr(tokenizer.quantizer, "stochastic", False))
+        # sums reduced across ranks: ones per (token, bit), images, train-mode PSNR, eval-mode PSNR
+        self.ones = torch.zeros(tokenizer.num_tokens, tokenizer.bits_per_token, dtype=torch.float64)
+        self.scalars = torch.zeros(3, dtype=torch.float64)
+
+    @staticmethod
+    def applies(tokenizer: nn.Module) -> bool:
+        return getattr(tokenizer, "bits_per_token", None) is not None and hasattr(tokenizer, "token_bits")
+
+    @torch.no_grad()
+    def add(self, images: torch.Tensor, indices: torch.Tensor, eval_psnr: torch.Tensor) -> None:
+        """images (B, 3, H, W), indices (B, N, C) of the eval-mode pass, its per-image PSNR (B,)."""
+        self.ones += bit_counts(self.tokenizer.token_bits(indices)).cpu()
+        self.scalars[0] += images.shape[0]
+        if self.stochastic:
+            with sampling_quantizer(self.tokenizer):
+                sampled, _ = self.tokenizer(images)
+            self.scalars[1] += float(psnr_per_image(images, sampled).sum())
+            self.scalars[2] += float(eval_psnr.sum())
+
+    def compute(self) -> dict[str, float]:
+        ones, scalars = dist.all_reduce_sum(self.ones.clone()), dist.all_reduce_sum(self.scalars.clone())
+        images = float(scalars[0])
+        if not images:
+            return {}
+        per_token = ones / images  # (N, K) frequency of ones
+        metrics = {"bit_entropy": bit_entropy(per_token.mean(0)), "token_bit_entropy": bit_entropy(per_token)}
+        if self.stochastic:
+            metrics["psnr_train_mode"] = float(scalars[1]) / images
+            metrics["train_eval_psnr_gap"] = (float(scalars[2]) - float(scalars[1])) / images
+        return metrics
+
+
+class UsageWindow:
+    """Codebook usage and perplexity over the last `window` training steps, kept sparse.
+
+    Stores each step's (code id, count) pairs rather than a (K,) histogram per step: a 16-bit binary token
+    has K = 65,536 ids, and a dense window of 100 such histograms costs ~50 MB and ~25 ms a step on a CPU.
+    """
+
+    def __init__(self, codebook_size: int, window: int):
+        self.codebook_size = codebook_size
+        self.steps: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=window)
+
+    def add(self, indices: torch.Tensor) -> None:
+        ids, counts = indices.detach().flatten().long().cpu().unique(return_counts=True)
+        self.steps.append((ids, counts))
+
+    def stats(self) -> dict[str, float]:
+        """Same values as `codebook_stats` on the window's dense histogram."""
+        if not self.steps:
+            return {"codebook_usage": 0.0, "codebook_perplexity": 1.0}
+        ids = torch.cat([i for i, _ in self.steps])
+        counts = torch.cat([c for _, c in self.steps]).double()
+        used, where = ids.unique(return_inverse=True)
+        totals = torch.zeros(len(used), dtype=torch.float64).index_add_(0, where, counts)
+        probs = totals / totals.sum()
+        entropy = -(probs * probs.log()).sum()
+        return {"codebook_usage": len(used) / self.codebook_size, "codebook_perplexity": float(entropy.exp())}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from functools import partial
 from typing import Callable
 
@@ -16,11 +15,10 @@ import lightning as L
 import torch
 from torch import nn
 
-from vistok.eval.tokens import code_histogram, codebook_stats
 from vistok.losses.gan import LeCAM, hinge_d_loss
 from vistok.losses.recon import TokenizerLoss
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput
-from vistok.training.evaluation import ValidationAccumulator
+from vistok.training.evaluation import UsageWindow, ValidationAccumulator
 from vistok.training.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -74,7 +72,7 @@ class VistokModule(L.LightningModule):
         # Generator steps in this stage. Lightning's global_step counts every optimiser's steps, which
         # would end GAN stages early; stages end on this counter instead (see on_train_batch_end).
         self.stage_step = 0
-        self._usage = deque(maxlen=usage_window)
+        self._usage = UsageWindow(tokenizer.codebook_size, usage_window)  # sparse: 2^K ids for K-bit tokens
         self.skipped_samples = 0
         self.val_metrics: dict[str, float] = {}
         self.val_preview: dict = {}
@@ -152,7 +150,7 @@ class VistokModule(L.LightningModule):
         self.skipped_samples += int(batch.get("skipped", 0))
         with torch.set_grad_enabled(stage.trains_tokenizer):
             out = self.tokenizer.encode(images)
-        self._usage.append(code_histogram(out.indices.detach().cpu(), self.tokenizer.codebook_size))
+        self._usage.add(out.indices)
         total, logs, recon = images.new_zeros(()), {}, None
         use_gan = self._gan_active()
         if stage.trains_tokenizer and stage.alpha > 0:
@@ -229,8 +227,7 @@ class VistokModule(L.LightningModule):
         return logs
 
     def _log_training(self, logs: dict, batch_size: int) -> None:
-        window = torch.stack(list(self._usage)).sum(0)
-        stats = codebook_stats(window)
+        stats = self._usage.stats()
         logs["train/codebook_usage"] = stats["codebook_usage"]
         logs["train/codebook_perplexity"] = stats["codebook_perplexity"]
         logs["train/lr"] = self._optimizers()[0].param_groups[0]["lr"]
@@ -240,7 +237,7 @@ class VistokModule(L.LightningModule):
 
     # ---- validation ---------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val = ValidationAccumulator(self.tokenizer.codebook_size)
+        self._val = ValidationAccumulator(self.tokenizer.codebook_size, tokenizer=self.tokenizer)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]

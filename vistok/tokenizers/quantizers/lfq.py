@@ -8,10 +8,14 @@ import torch
 from vector_quantize_pytorch import LFQ
 
 from vistok.tokenizers.quantizers.base import Quantizer, QuantizerOutput
+from vistok.tokenizers.quantizers.binary import unpack_bits
 
 
 class LookupFreeQuantizer(Quantizer):
-    """LFQ (MAGVIT-v2); `spherical=True` gives BSQ. Adds an entropy loss that spreads code usage.
+    """LFQ (MAGVIT-v2); `spherical=True` gives BSQ. Losses: "entropy" (spreads code usage) and "commit".
+
+    The entropy loss compares every token with all K codes, (B * N, K) per step, so keep K small
+    (up to about 2^16); the binary quantizer (`quantizers.binary`) has no such limit.
 
     Args:
         dim: input/output feature size D.
@@ -29,14 +33,21 @@ class LookupFreeQuantizer(Quantizer):
             dim=dim,
             codebook_size=codebook_size,
             spherical=spherical,
-            entropy_loss_weight=1.0,  # unweighted here; the training config weights "entropy"
+            entropy_loss_weight=1.0,  # unweighted here; the training config weights "entropy" and "commit"
             commitment_loss_weight=1.0,
         )
         self.bits = int(math.log2(codebook_size))
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        out = self.lfq(z)  # named tuple: quantized (B, N, D), indices (B, N), entropy_aux_loss
-        return QuantizerOutput(quantized=out.quantized, indices=out.indices.long(), losses={"entropy": out.entropy_aux_loss})
+        # quantized (B, N, D), indices (B, N); the breakdown names the two terms of the aux loss
+        out, parts = self.lfq(z, return_loss_breakdown=True)
+        entropy = parts.per_sample_entropy - self.lfq.diversity_gamma * parts.batch_entropy
+        return QuantizerOutput(quantized=out.quantized, indices=out.indices.long(),
+                               losses={"entropy": entropy, "commit": parts.commitment})
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         return self.lfq.indices_to_codes(indices)
+
+    def unpack(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, N) ids -> (B, N, log2 K) bits in {0, 1}, most significant first (LFQ's order)."""
+        return unpack_bits(indices.unsqueeze(-1), self.bits, self.bits)
