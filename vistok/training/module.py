@@ -104,6 +104,15 @@ class VistokModule(L.LightningModule):
                     module.eval()
         return self
 
+    def configure_model(self) -> None:
+        """Under FSDP2 (`trainer=fsdp`) shard the module; every other strategy leaves it as is."""
+        if self.device_mesh is None:
+            return
+        from vistok.training.sharding import shard_module
+
+        options = getattr(self.trainer.strategy, "sharding_options", {})
+        shard_module(self, self.device_mesh["data_parallel"], **options)
+
     # ---- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
         stage = self.stage

@@ -1,0 +1,224 @@
+"""FSDP2 for the joint module: the strategy, how the module is cut into shard units, and checkpoint conversion.
+
+All sharding code lives here; model code stays single-device code. Lightning's `ModelParallelStrategy`
+runs FSDP2 (`fully_shard`) on CPU (gloo) and GPU (nccl). Lightning calls `training_step`, not the
+root's `forward`, so every sub-module the step calls must be its own shard unit (a unit only gathers
+its parameters when *its* forward runs): each LLM block, the LLM's input embedding, the LLM itself,
+the tokenizer's encoder, quantizer and decoder, the projector, the discriminator and the loss; the
+root is sharded last. `shard_module` refuses a module with parameters outside any unit, naming them,
+instead of failing later with "mixed torch.Tensor and DTensor".
+
+Codebooks are buffers, which FSDP2 neither shards nor synchronises: vistok's quantizers all-reduce
+their EMA statistics themselves (bound at the first training forward, see quantizers/vq.py), and
+every rank starts from the same seed, so codebooks stay identical across ranks.
+
+Checkpoints of an FSDP2 run are directories (`.metadata`, one `__<rank>_0.distcp` per rank and
+Lightning's `meta.pt`); `load_checkpoint` reads those and single files alike, and
+`consolidate_checkpoint` turns a directory into one file that loads strictly into a
+single-process module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+
+META_FILENAME = "meta.pt"  # Lightning's name for the trainer state inside a distributed checkpoint
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Pure FSDP2: one data-parallel dimension over every process of every node (no tensor parallelism).
+
+    Args:
+        mixed_precision: "bf16" gathers parameters and runs compute in bfloat16 with fp32 gradient
+            reduction; quantizer and loss units stay fp32 (codebooks, EMA statistics). None = fp32.
+        activation_checkpointing: recompute each LLM block in the backward pass (saves activation memory).
+        reshard_after_forward: free gathered parameters after each unit's forward (ZeRO-3); False keeps
+            them until the backward (ZeRO-2-like: more memory, fewer all-gathers).
+        process_group_backend: None picks gloo on CPU and nccl on CUDA.
+        save_distributed_checkpoint: one shard file per rank (True) or a gathered single file (False).
+    """
+
+    def __init__(self, mixed_precision: str | None = None, activation_checkpointing: bool = False,
+                 reshard_after_forward: bool = True, process_group_backend: str | None = None,
+                 save_distributed_checkpoint: bool = True):
+        if mixed_precision not in (None, "bf16"):
+            raise ValueError(f"mixed_precision must be null or 'bf16', got '{mixed_precision}'")
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
+                         save_distributed_checkpoint=save_distributed_checkpoint,
+                         process_group_backend=process_group_backend)
+        self.sharding_options = {"mixed_precision": mixed_precision,
+                                 "activation_checkpointing": activation_checkpointing,
+                                 "reshard_after_forward": reshard_after_forward}
+
+    def setup_environment(self) -> None:
+        # "auto" would mean one data-parallel rank per node; FSDP over everything is nodes x processes.
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        """Write a distributed checkpoint next to its final path, then swap it in: a kill during the
+        save leaves the previous checkpoint intact (and a `.partial` directory that nothing reads)."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        final = Path(self.broadcast(str(filepath)))
+        partial = final.with_name(final.name + ".partial")
+        if self.global_rank == 0 and partial.exists():
+            shutil.rmtree(partial)
+        self.barrier("vistok_ckpt_prepare")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        self.barrier("vistok_ckpt_written")
+        if self.global_rank == 0:
+            _swap_into_place(partial, final)
+        self.barrier("vistok_ckpt_swapped")
+
+
+def _swap_into_place(new: Path, final: Path) -> None:
+    """Replace `final` (file or directory) by `new`; the old copy is removed only after the rename."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+# ---- shard units ------------------------------------------------------------------------------
+def _has_params(module: nn.Module | None) -> bool:
+    return module is not None and any(True for _ in module.parameters())
+
+
+def llm_units(llm) -> tuple[list[nn.Module], nn.Module, nn.Module]:
+    """(blocks, input embedding, HF model) of a `vistok.models.llm.CausalLM`."""
+    hf = llm.model
+    blocks = getattr(getattr(hf, "model", None), "layers", None)
+    if blocks is None:
+        raise TypeError(f"cannot find the decoder blocks of {type(hf).__name__} (expected .model.layers)")
+    return list(blocks), hf.get_input_embeddings(), hf
+
+
+def _checkpoint_blocks(hf: nn.Module) -> None:
+    """Wrap each LLM block so its activations are recomputed in the backward pass."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    layers = hf.model.layers
+    for i, block in enumerate(layers):
+        layers[i] = checkpoint_wrapper(block)
+
+
+def shard_units(module: nn.Module) -> list[tuple[str, nn.Module, bool]]:
+    """The module's shard units in sharding order (leaves first): (name, module, keep_fp32)."""
+    units: list[tuple[str, nn.Module, bool]] = []
+    if getattr(module, "llm", None) is not None:
+        blocks, embedding, hf = llm_units(module.llm)
+        units += [(f"llm.block{i}", b, False) for i, b in enumerate(blocks)]
+        units += [("llm.embedding", embedding, False), ("llm", hf, False)]
+    tokenizer = module.tokenizer
+    for name, child in tokenizer.named_children():
+        # Quantizers keep fp32: codebook distances and EMA statistics lose too much in bf16.
+        units.append((f"tokenizer.{name}", child, name == "quantizer"))
+    for name in ("projector", "discriminator"):
+        units.append((name, getattr(module, name, None), False))
+    units.append(("loss", getattr(module, "loss", None), True))
+    return [(name, unit, fp32) for name, unit, fp32 in units if _has_params(unit)]
+
+
+def _uncovered_parameters(module: nn.Module, units: list[nn.Module]) -> list[str]:
+    covered = {id(p) for unit in units for p in unit.parameters()}
+    return [name for name, p in module.named_parameters() if id(p) not in covered]
+
+
+def shard_module(module: nn.Module, mesh, mixed_precision: str | None = None,
+                 activation_checkpointing: bool = False, reshard_after_forward: bool = True) -> list[str]:
+    """Apply `fully_shard` to every unit of `module`, then to the root. Idempotent. Returns the unit names."""
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    if isinstance(module, FSDPModule):
+        return []  # a later stage of the same run: already sharded
+    if activation_checkpointing and getattr(module, "llm", None) is not None:
+        _checkpoint_blocks(module.llm.model)
+    units = shard_units(module)
+    missing = _uncovered_parameters(module, [u for _, u, _ in units])
+    if missing:
+        raise TypeError(
+            "FSDP2 needs every parameter inside a module whose forward the training step calls; these are not: "
+            f"{missing[:8]}{' ...' if len(missing) > 8 else ''}. Move them into the encoder/quantizer/decoder.")
+    bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for _, unit, keep_fp32 in units:
+        policy = bf16 if mixed_precision == "bf16" and not keep_fp32 else MixedPrecisionPolicy()
+        fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
+    fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    if getattr(module, "llm", None) is not None:
+        # transformers' generate then runs forwards until every rank has finished its captions
+        # (`synced_gpus`): each forward all-gathers parameters, so ranks must run the same number.
+        module.llm.model._is_fsdp_managed_module = True
+    return [name for name, _, _ in units]
+
+
+def is_sharded(module: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+def is_distributed_checkpoint(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / ".metadata").is_file()
+
+
+def _read_distributed(path: Path) -> dict:
+    """Model weights (and optimiser states) of a distributed checkpoint, as plain tensors."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory(prefix="vistok-dcp-") as tmp:
+        out = Path(tmp) / "consolidated.pt"
+        dcp_to_torch_save(path, out)
+        return torch.load(out, map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(path: str | Path, with_optimizer: bool = False) -> dict:
+    """A Lightning checkpoint as one dict ({"state_dict", "global_step", "vistok", ...}), whether it is a
+    single file or an FSDP2 directory. Loaded with `weights_only=True`: nothing is unpickled."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_file():
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    elif is_distributed_checkpoint(path):
+        tensors = _read_distributed(path)
+        meta = path / META_FILENAME
+        checkpoint = torch.load(meta, map_location="cpu", weights_only=True) if meta.is_file() else {}
+        checkpoint["state_dict"] = tensors["state_dict"]
+        if with_optimizer:
+            checkpoint["optimizer_states"] = [v for k, v in sorted(tensors.items()) if k.startswith("optimizer_")]
+    else:
+        raise ValueError(f"{path} is a directory but not a distributed checkpoint (no .metadata inside)")
+    if "state_dict" not in checkpoint:
+        raise ValueError(f"{path} holds no 'state_dict'; is it a Lightning checkpoint?")
+    return checkpoint
+
+
+def consolidate_checkpoint(path: str | Path, out: str | Path | None = None) -> Path:
+    """Write an FSDP2 distributed checkpoint directory as one file (weights + trainer state, no optimiser).
+
+    The file loads with `torch.load(..., weights_only=True)` and its "state_dict" loads strictly into a
+    single-process `VistokModule` built from the same config. Default output: `<path>.consolidated.ckpt`.
+    """
+    path = Path(path)
+    if not is_distributed_checkpoint(path):
+        raise ValueError(f"{path} is not a distributed checkpoint directory (no .metadata inside)")
+    out = Path(out) if out is not None else path.with_name(path.name + ".consolidated.ckpt")
+    checkpoint = load_checkpoint(path)
+    tmp = out.with_name(out.name + ".partial")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, out)
+    return out
