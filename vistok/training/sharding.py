@@ -163,12 +163,6 @@ def shard_module(module: nn.Module, mesh, mixed_precision: str | None = None,
     return [name for name, _, _ in units]
 
 
-def is_sharded(module: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)
-
-
 # ---- checkpoints ------------------------------------------------------------------------------
 def is_distributed_checkpoint(path: str | Path) -> bool:
     path = Path(path)
@@ -176,7 +170,7 @@ def is_distributed_checkpoint(path: str | Path) -> bool:
 
 
 def _read_distributed(path: Path) -> dict:
-    """Model weights (and optimiser states) of a distributed checkpoint, as plain tensors."""
+    """Model weights and optimiser states of a distributed checkpoint, as plain tensors."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     with tempfile.TemporaryDirectory(prefix="vistok-dcp-") as tmp:
@@ -185,7 +179,7 @@ def _read_distributed(path: Path) -> dict:
         return torch.load(out, map_location="cpu", weights_only=True)
 
 
-def load_checkpoint(path: str | Path, with_optimizer: bool = False) -> dict:
+def load_checkpoint(path: str | Path) -> dict:
     """A Lightning checkpoint as one dict ({"state_dict", "global_step", "vistok", ...}), whether it is a
     single file or an FSDP2 directory. Loaded with `weights_only=True`: nothing is unpickled."""
     path = Path(path)
@@ -197,9 +191,7 @@ def load_checkpoint(path: str | Path, with_optimizer: bool = False) -> dict:
         tensors = _read_distributed(path)
         meta = path / META_FILENAME
         checkpoint = torch.load(meta, map_location="cpu", weights_only=True) if meta.is_file() else {}
-        checkpoint["state_dict"] = tensors["state_dict"]
-        if with_optimizer:
-            checkpoint["optimizer_states"] = [v for k, v in sorted(tensors.items()) if k.startswith("optimizer_")]
+        checkpoint["state_dict"] = tensors["state_dict"]  # optimiser shards are dropped
     else:
         raise ValueError(f"{path} is a directory but not a distributed checkpoint (no .metadata inside)")
     if "state_dict" not in checkpoint:
