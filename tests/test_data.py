@@ -332,11 +332,50 @@ def test_val_loader_splits_ranks_exactly_with_spawned_workers(shards):
     per_rank = []
     for rank in (0, 1):
         loader = make_val_loader(paths, 3, RES, rank, 2, num_workers=2, multiprocessing_context="spawn")
-        keys, skipped, _ = _collect(loader)
+        keys, skipped, batches = _collect(loader)
         assert len(keys) == len(set(keys)) and skipped == 0
+        assert all(b["valid"].all() for b in batches)  # 20 samples fill 4 slots evenly
         per_rank.append(set(keys))
     assert per_rank[0] | per_rank[1] == all_keys
     assert not per_rank[0] & per_rank[1]
+
+
+def test_train_ranks_read_disjoint_shards(shards):
+    _, paths = shards  # five shards of four samples: rank 0 gets shards 0, 2, 4 and rank 1 shards 1, 3
+    shard_of = [{key[:5] for epoch in _train_keys(paths, rank, num_workers=2) for key in epoch}
+                for rank in (0, 1)]
+    assert shard_of[0] <= {"00000", "00002", "00004"} and shard_of[1] <= {"00001", "00003"}
+    assert shard_of[0] and shard_of[1]
+
+
+def test_val_loader_gives_every_rank_the_same_batches(tmp_path, shards):
+    """11 good samples + 2 corrupt over 3 ranks x 2 workers: equal batch counts, each sample once."""
+    _, paths = shards
+    rows = [_row(f"9000000{i:02d}", b"not a png" if i in (2, 5) else _png()) for i in range(9)]
+    bad = _write_tar(tmp_path / "bad-00000.tar", [m for row in rows for m in row])
+    urls = [paths[0], bad]  # 4 + 9 samples; 7 of the bad shard decode
+    good = {f"00000{i:04d}" for i in range(4)} | {f"9000000{i:02d}" for i in range(9) if i not in (2, 5)}
+    counts, seen, skipped = [], [], 0
+    for rank in range(3):
+        batches = list(make_val_loader(urls, 2, RES, rank, 3, num_workers=2))
+        counts.append(len(batches))
+        for batch in batches:
+            valid = batch["valid"]
+            assert valid.dtype == torch.bool and valid.shape == (len(batch["key"]),)
+            assert batch["image"][~valid].abs().sum() == 0  # padding rows are blank
+            seen += [k for k, v in zip(batch["key"], valid.tolist()) if v]
+            skipped += batch["skipped"]
+    # 13 samples over 6 slots -> 3 rows per slot -> 2 batches of 2 per worker, 4 per rank
+    assert counts == [4, 4, 4]
+    assert sorted(seen) == sorted(good)
+    assert skipped == 2
+
+
+def test_val_loader_with_more_ranks_than_samples(shards):
+    _, paths = shards
+    per_rank = [list(make_val_loader(paths[:1], 8, RES, rank, 6, 0)) for rank in range(6)]
+    assert [len(b) for b in per_rank] == [1] * 6  # 4 samples, 6 ranks: two ranks get one blank row
+    assert [int(b[0]["valid"].sum()) for b in per_rank] == [1, 1, 1, 1, 0, 0]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -135,8 +135,8 @@ class ShardDataModule(L.LightningDataModule):
 class GeneratedDataModule(ShardDataModule):
     """`ShardDataModule` over the embedded shapes-cap dataset, generated into `cache_dir` on first use.
 
-    Validation is split over ranks by shard: with 500 samples in shards of 100, up to 5 ranks get data
-    (unevenly when 5 is not a multiple of the world size); further ranks get an empty loader.
+    Training shards are split over ranks (`rank_shards`); validation is split by sample, every rank
+    running the same number of batches (see `ValStream`).
     """
 
     def __init__(
@@ -160,7 +160,7 @@ class GeneratedDataModule(ShardDataModule):
         self.cache_dir = cache_dir
         self.num_train, self.num_val = num_train, num_val
         self.mark_size, self.mark_contrast = mark_size, mark_contrast
-        # Small shards so that validation (split by shard over ranks) reaches several ranks.
+        # Small shards so that training shards split disjointly over many ranks.
         self.samples_per_shard = samples_per_shard
 
     def prepare_data(self) -> None:

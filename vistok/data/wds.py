@@ -3,7 +3,9 @@
 Every loader yields batches of one format::
 
     {"image": FloatTensor (B, 3, H, W) in [-1, 1], "caption": list[str], "key": list[str],
-     "skipped": int}
+     "valid": BoolTensor (B,), "skipped": int}
+
+`valid` is False only for the blank rows that pad validation batches (see `ValStream`).
 
 `skipped` is the number of samples the producing worker dropped as corrupt since its previous batch.
 Workers are separate processes, so this is how skip counts reach the training module, which sums them.
@@ -234,6 +236,7 @@ class _Collate:
             "image": torch.stack([s["image"] for s in samples]),
             "caption": [s["caption"] for s in samples],
             "key": [s["key"] for s in samples],
+            "valid": torch.tensor([s.get("valid", True) for s in samples]),
             "skipped": self.counter.take(),
         }
 
@@ -267,7 +270,7 @@ class TrainStream(IterableDataset):
         super().__init__()
         if not urls:
             raise ValueError("TrainStream needs at least one shard")
-        self.urls = list(urls)
+        self.urls = rank_shards(list(urls), rank, world_size)
         self.batch_size, self.resolution = batch_size, resolution
         self.rank, self.world_size = rank, world_size
         self.batches_per_rank, self.seed = batches_per_rank, seed
@@ -308,14 +311,37 @@ class TrainStream(IterableDataset):
         return itertools.islice(iter(pipeline), self._worker_done(worker, num_workers), None)
 
 
+def rank_shards(urls: list[str], rank: int, world_size: int) -> list[str]:
+    """The training shards of one rank: `urls[rank::world_size]`, disjoint across ranks.
+
+    With fewer shards than ranks a disjoint split is impossible; every rank then draws from all shards
+    (different streams, same files) and a warning says so.
+    """
+    if len(urls) >= world_size:
+        return urls[rank::world_size]
+    log.warning("%d training shards for %d ranks: ranks share shards (write at least one shard per rank "
+                "for disjoint data)", len(urls), world_size)
+    return urls
+
+
 def _zero() -> int:
     return 0
 
 
 class ValStream(IterableDataset):
-    """Exact single pass: shards `urls[rank::world_size]`, then split over workers; last batch partial.
+    """Exact single pass over all shards, split by sample over every (rank, worker) slot.
 
-    With fewer shards than ranks (or workers) some ranks/workers get no shard and yield nothing.
+    Collectives in validation (FSDP forwards, HF `generate` with synced GPUs, metric reduction) hang
+    unless every rank runs the same number of steps, so every slot yields the same number of batches:
+
+    - each slot reads the whole sample sequence (tar parsing and the failed-row filter are deterministic,
+      so all slots see the same sequence) and decodes only samples `i` with `i % slots == slot`;
+    - at the end each slot pads to `ceil(total / slots)` samples with blank rows (`valid` False), and a
+      sample that fails to decode becomes such a row too, so the counts never depend on decoding.
+
+    Reading every shard on every slot costs `slots` times the (cheap) tar reads of a held-out set; images
+    are decoded once. With a single slot there is nothing to equalise: failed samples are dropped.
+    Shard-level errors are counted by slot 0 only, decode errors by the slot that owns the sample.
     """
 
     def __init__(self, urls: list[str], batch_size: int, resolution: int, rank: int, world_size: int,
@@ -326,22 +352,56 @@ class ValStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.require_caption = require_caption
 
-    def worker_shards(self, worker: int, num_workers: int) -> list[str]:
-        return self.urls[self.rank:: self.world_size][worker::num_workers]
+    def _blank(self) -> dict:
+        image = torch.zeros(3, self.resolution, self.resolution)
+        return {"image": image, "caption": "", "key": "", "valid": False}
+
+    def _owned_samples(self, slot: int, slots: int, shard_errors: _SkipCounter,
+                       decode_errors: _SkipCounter) -> Iterator[dict]:
+        raw = wds.DataPipeline(
+            wds.SimpleShardList(self.urls),
+            wds.tarfile_to_samples(handler=shard_errors),
+            wds.select(_is_success),
+        )
+        decode = _Decode(self.resolution, decode_errors, self.require_caption)
+        total = 0
+        for total, sample in enumerate(raw, start=1):
+            shard_errors.succeeded()
+            if (total - 1) % slots != slot:
+                continue
+            try:
+                yield {**decode(sample), "valid": True}
+            except Exception as exn:  # noqa: BLE001 - any decode failure is a skipped sample
+                decode_errors(exn)
+                if slots > 1:
+                    yield self._blank()
+        for _ in range(-(-total // slots) - len(range(slot, total, slots))):
+            yield self._blank()
 
     def __iter__(self) -> Iterator[dict]:
-        shards = self.worker_shards(*_worker())
-        if not shards:
-            return iter(())
-        counter = _SkipCounter()
-        pipeline = wds.DataPipeline(
-            wds.SimpleShardList(shards),
-            wds.tarfile_to_samples(handler=counter),
-            wds.select(_is_success),
-            wds.map(_Decode(self.resolution, counter, self.require_caption), handler=counter),
-            wds.batched(self.batch_size, collation_fn=_Collate(counter), partial=True),
-        )
-        return iter(pipeline)
+        worker, num_workers = _worker()
+        slots, slot = self.world_size * num_workers, self.rank * num_workers + worker
+        shard_errors, decode_errors = _SkipCounter(), _SkipCounter()
+        samples = self._owned_samples(slot, slots, shard_errors, decode_errors)
+        counter = _CombinedCounter(shard_errors if slot == 0 else None, decode_errors)
+        return _batches(samples, self.batch_size, _Collate(counter))
+
+
+class _CombinedCounter:
+    """`take()` over the shard-error counter (slot 0 only) and the decode-error counter."""
+
+    def __init__(self, shard_errors: _SkipCounter | None, decode_errors: _SkipCounter):
+        self.shard_errors, self.decode_errors = shard_errors, decode_errors
+
+    def take(self) -> int:
+        shard = self.shard_errors.take() if self.shard_errors is not None else 0
+        return shard + self.decode_errors.take()
+
+
+def _batches(samples: Iterator[dict], batch_size: int, collate) -> Iterator[dict]:
+    """Consecutive batches of `batch_size` samples; the last one may be partial."""
+    while chunk := list(itertools.islice(samples, batch_size)):
+        yield collate(chunk)
 
 
 class ShardLoader(DataLoader):
@@ -398,7 +458,8 @@ def make_train_loader(urls: list[str], batch_size: int, resolution: int, rank: i
                       require_caption: bool = False) -> ShardLoader:
     """Training loader: resampled shards, shuffled, full batches, exactly `batches_per_rank` per epoch.
 
-    Shards are drawn with replacement, so ranks are not disjoint; they draw different streams.
+    Each rank resamples (with replacement) from its own shards, `rank_shards(urls, rank, world_size)`,
+    so ranks read disjoint data whenever there are at least as many shards as ranks.
     `require_caption` counts samples without a caption as corrupt (skipped).
     """
     dataset = TrainStream(expand_urls(urls), batch_size, resolution, rank, world_size,

@@ -8,12 +8,14 @@ import torch
 from omegaconf import OmegaConf
 
 from vistok.export import build_from_config, cpu_state, save_tokenizer
+from vistok.training.sharding import is_distributed_checkpoint, load_checkpoint
 
 
 def locate(path: str | Path) -> tuple[Path, Path]:
-    """RUN_DIR or a .ckpt inside one -> (checkpoint, run_dir). A run dir gives its last finished stage."""
+    """RUN_DIR or a checkpoint inside one (a .ckpt file or an FSDP2 .ckpt directory) -> (checkpoint,
+    run_dir). A run dir gives its last finished stage."""
     path = Path(path)
-    if path.is_file():
+    if path.is_file() or is_distributed_checkpoint(path):
         run_dir = next((p for p in path.parents if (p / ".hydra" / "config.yaml").is_file()), None)
         if run_dir is None:
             raise FileNotFoundError(f"{path} is not inside a vistok run directory (no .hydra/config.yaml above it)")
@@ -23,7 +25,7 @@ def locate(path: str | Path) -> tuple[Path, Path]:
     stages = list(OmegaConf.load(path / ".hydra" / "config.yaml").stages or {})
     for stage in reversed(stages):
         ckpt = path / "checkpoints" / stage / "last.ckpt"
-        if ckpt.is_file():
+        if ckpt.is_file() or is_distributed_checkpoint(ckpt):
             return ckpt, path
     raise FileNotFoundError(f"no checkpoints/<stage>/last.ckpt in {path} (stages: {stages})")
 
@@ -35,8 +37,10 @@ def tokenizer_config(run_dir: Path) -> dict:
 
 
 def tokenizer_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tokenizer weights (EMA copy where the run kept one) and the checkpoint's step info."""
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    """Tokenizer weights (EMA copy where the run kept one) and the checkpoint's step info.
+
+    `ckpt` is a checkpoint file or an FSDP2 checkpoint directory (consolidated in memory here)."""
+    checkpoint = load_checkpoint(ckpt)
     state = checkpoint["state_dict"]
     prefix = "ema_tokenizer." if any(k.startswith("ema_tokenizer.") for k in state) else "tokenizer."
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -23,6 +23,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
+from vistok.training.sharding import is_distributed_checkpoint, load_checkpoint
+
 PARTIAL_TAG = ".partial-"  # hidden `.<name>.partial-<pid>` files are saves still in progress (or killed)
 CONFIG_KEY = "vistok_config"  # the model-defining config subtrees, stored in every checkpoint
 COUNTERS_KEY = "vistok_counters"
@@ -177,11 +179,6 @@ def checked_resume_checkpoint(module, stage_dir: Path | str,
     return path
 
 
-def is_distributed_checkpoint(path: Path) -> bool:
-    """A sharded (FSDP2) checkpoint: a directory holding torch.distributed.checkpoint's `.metadata`."""
-    return path.is_dir() and (path / ".metadata").is_file()
-
-
 def _first_line(exn: Exception) -> str:
     text = str(exn).strip()
     return text.splitlines()[0][:200] if text else ""
@@ -272,15 +269,13 @@ def config_differences(saved: dict | None, now: dict | None, prefix: str = "") -
 
 def load_finished_stage(module: torch.nn.Module, stage_dir: Path,
                         config: dict[str, Any] | None = None) -> Path:
-    """Load the final weights of a finished stage (its `last.ckpt`) into `module`, checked first."""
+    """Load the final weights of a finished stage (its `last.ckpt`, a file or an FSDP2 directory) into
+    `module` (unsharded), checked first."""
     path = Path(stage_dir) / "last.ckpt"
-    if is_distributed_checkpoint(path):
-        raise NotImplementedError(f"{path} is a distributed (sharded) checkpoint; loading a finished "
-                                  "stage from one is not supported here yet: consolidate it first")
-    if not path.is_file():
+    if not (path.is_file() or is_distributed_checkpoint(path)):
         raise FileNotFoundError(f"{stage_dir} is marked done but has no last.ckpt; delete its 'done' marker "
                                 "to train the stage again")
-    checkpoint = read_checkpoint(path)
+    checkpoint = load_checkpoint(path) if path.is_dir() else read_checkpoint(path)
     check_resumable(module, checkpoint, path, config)
     module.load_state_dict(checkpoint["state_dict"])
     restore_counters(module, checkpoint)
@@ -294,8 +289,9 @@ def restore_counters(module, checkpoint: dict[str, Any]) -> None:
 
 
 def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
-    """The `state_dict` of a Lightning checkpoint, loaded without unpickling arbitrary objects."""
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    """The `state_dict` of a Lightning checkpoint (file or FSDP2 directory), loaded without unpickling
+    arbitrary objects."""
+    return load_checkpoint(path)["state_dict"]
 
 
 # ---- state that Lightning does not checkpoint -----------------------------------------------------

@@ -144,8 +144,11 @@ class VistokModule(L.LightningModule):
             return self.llm.embed_visual_ids(out.indices[..., 0])
         return self.projector(out.embeddings)
 
-    def caption_forward(self, out: TokenizerOutput, captions: list[str]):
+    def caption_forward(self, out: TokenizerOutput, captions: list[str], valid: torch.Tensor | None = None):
+        """Caption loss; rows with `valid` False (B,) have no labelled tokens (padding rows)."""
         ids, attention = self.llm.tokenize_captions(captions, self.max_caption_tokens)
+        if valid is not None:
+            attention = attention & valid.to(attention.device)[:, None]
         return self.llm(self.visual_inputs(out), ids, attention)
 
     def _gan_active(self) -> bool:
@@ -249,23 +252,30 @@ class VistokModule(L.LightningModule):
         self._val = ValidationAccumulator(self.tokenizer.codebook_size, tokenizer=self.tokenizer)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # Every rank runs the same number of full-batch forwards (collectives inside FSDP and synced
+        # `generate`); only the `valid` rows (B,) count, the others pad the rank's last batches.
         images = batch["image"]
+        valid = batch.get("valid", torch.ones(images.shape[0], dtype=torch.bool)).to(images.device)
+        keep = valid.nonzero().flatten()
         self.skipped_samples += int(batch.get("skipped", 0))
         recon, out = self.tokenizer(images)
-        self._val.add_reconstruction(images, recon, out.indices)
+        self._val.add_reconstruction(images[keep], recon[keep], out.indices[keep])
         if batch_idx == 0:
-            self.val_preview = {"images": images[:8].cpu(), "recon": recon[:8].cpu()}
+            self.val_preview = {"images": images[keep][:8].cpu(), "recon": recon[keep][:8].cpu()}
         if self.llm is None:
             return
-        caption = self.caption_forward(out, batch["caption"])
+        caption = self.caption_forward(out, batch["caption"], valid)
         correct, count = self.llm.token_accuracy(caption)
-        self._val.add("caption_tokens", count)
-        self._val.add("caption_correct", correct)
-        self._val.add("caption_nll", caption.loss.detach() * count)
+        if count > 0:  # a batch of padding rows only has no caption tokens (and a NaN mean loss)
+            self._val.add("caption_tokens", count)
+            self._val.add("caption_correct", correct)
+            self._val.add("caption_nll", caption.loss.detach() * count)
         generated = self.llm.generate_captions(self.visual_inputs(out), max_new_tokens=self.max_caption_tokens)
-        self._val.add_captions(batch["key"], batch["caption"], generated, keep=self.num_sample_captions)
+        rows = keep.tolist()
+        self._val.add_captions([batch["key"][i] for i in rows], [batch["caption"][i] for i in rows],
+                               [generated[i] for i in rows], keep=self.num_sample_captions)
         if batch_idx == 0:
-            self.val_preview["caption_images"] = images[: self.num_sample_captions].cpu()
+            self.val_preview["caption_images"] = images[keep][: self.num_sample_captions].cpu()
 
     def on_validation_epoch_end(self) -> None:
         self.val_metrics = self._val.compute()

@@ -31,7 +31,9 @@ from vistok.training.checkpointing import (
 )
 from vistok.training.module import VistokModule
 from vistok.training.quiet import quiet_libraries
+from vistok.training.replicas import ReplicaCheck
 from vistok.training.report import RunReport, save_stage_pictures
+from vistok.training.sharding import consolidate_checkpoint, is_distributed_checkpoint
 from vistok.training.stages import Stage, stages_from_config
 
 
@@ -61,14 +63,15 @@ def _projector_config(cfg: DictConfig, module: VistokModule) -> dict | None:
 
 
 def load_init(module: VistokModule, path: str) -> None:
-    """Start from another run's weights (a .ckpt file or a run directory); only matching tensors are taken."""
+    """Start from another run's weights (a checkpoint file or FSDP2 directory, or a run directory); only
+    matching tensors are taken."""
     ckpt = Path(path)
-    if ckpt.is_dir():
+    if ckpt.is_dir() and not is_distributed_checkpoint(ckpt):
         candidates = sorted(ckpt.glob("checkpoints/*/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not candidates:
             raise FileNotFoundError(f"init_from: no checkpoints/*/last.ckpt under {ckpt}")
         ckpt = candidates[-1]
-    if not ckpt.is_file():
+    if not (ckpt.is_file() or is_distributed_checkpoint(ckpt)):
         raise FileNotFoundError(f"init_from: {ckpt} does not exist")
     state = load_weights(ckpt)
     own = module.state_dict()
@@ -79,7 +82,7 @@ def load_init(module: VistokModule, path: str) -> None:
 
 def _callbacks(cfg: DictConfig, stage_dir: Path) -> list:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks += [ResumeState(model_config(cfg)), RollbackSkippedBatch()]
+    callbacks += [ResumeState(model_config(cfg)), RollbackSkippedBatch(), ReplicaCheck()]
     callbacks.append(ModelCheckpoint(dirpath=stage_dir, filename="step{step:06d}", auto_insert_metric_name=False,
                                      every_n_train_steps=cfg.checkpoint_every, save_top_k=-1, save_last=True))
     return callbacks
@@ -97,6 +100,28 @@ def _fit_stage(cfg: DictConfig, module: VistokModule, datamodule, stage: Stage, 
     if trainer.is_global_zero:
         (stage_dir / "done").write_text(json.dumps(module.val_metrics))
     return trainer
+
+
+def unsharded(cfg: DictConfig, module: VistokModule, datamodule, final_stage_dir: Path) -> VistokModule:
+    """`module` itself, or after an FSDP2 run (parameters are shards on each rank) a single-process copy
+    built from the config and loaded strictly from the final stage's consolidated checkpoint."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(module, FSDPModule):
+        return module
+    consolidated = consolidate_checkpoint(final_stage_dir / "last.ckpt")
+    print(f"consolidated the final distributed checkpoint into {consolidated}")
+    copy = build_module(cfg, datamodule)
+    copy.load_state_dict(load_weights(consolidated))
+    return copy.eval()
+
+
+def save_exports(cfg: DictConfig, module: VistokModule, out_dir: Path, meta: dict) -> None:
+    """The exported tokenizer (`tokenizer/`) and, when configured, the LLM with its projector (`llm/`)."""
+    save_tokenizer(module.tokenizer, OmegaConf.to_container(cfg.tokenizer, resolve=True), out_dir / "tokenizer",
+                   meta)
+    if module.llm is not None and cfg.export.llm:
+        save_llm(module, _projector_config(cfg, module), out_dir / "llm")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -133,11 +158,8 @@ def run(cfg: DictConfig) -> dict:
         report.finish(steps=offset, wall_seconds=time.time() - start, data_skipped=module.skipped_samples,
                       nan_skipped=module.nan_skips)
         if cfg.export.enabled:
-            meta = {"experiment": cfg.name, "step": offset, "metrics": report.final}
-            save_tokenizer(module.tokenizer, OmegaConf.to_container(cfg.tokenizer, resolve=True),
-                           out_dir / "tokenizer", meta)
-            if module.llm is not None and cfg.export.llm:
-                save_llm(module, _projector_config(cfg, module), out_dir / "llm")
+            save_exports(cfg, unsharded(cfg, module, datamodule, out_dir / "checkpoints" / stages[-1].name),
+                       out_dir, {"experiment": cfg.name, "step": offset, "metrics": report.final})
     for logger in loggers:
         logger.finalize("success")
     return report.final

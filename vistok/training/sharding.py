@@ -156,6 +156,11 @@ def shard_module(module: nn.Module, mesh, mixed_precision: str | None = None,
         policy = bf16 if mixed_precision == "bf16" and not keep_fp32 else MixedPrecisionPolicy()
         fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
     fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    # FSDP2 makes the first unit whose forward runs the root. Lightning calls `training_step`, never the
+    # root's forward, so a unit called on its own first (the LLM's embedding) would become a root and the
+    # LLM's forward would then fail ("requires running forward through the root module first").
+    # Initialise the real root now; every unit's forward then runs under it.
+    module._get_fsdp_state()._lazy_init()
     if getattr(module, "llm", None) is not None:
         # transformers' generate then runs forwards until every rank has finished its captions
         # (`synced_gpus`): each forward all-gathers parameters, so ranks must run the same number.
