@@ -1,6 +1,6 @@
 """Export a trained tokenizer: `python -m scripts.export RUN_DIR_OR_CKPT OUT_DIR [--format vistok|diffusers]`.
 
-vistok: model.safetensors + config.yaml + meta.json; loads anywhere with `vistok.load_tokenizer(OUT_DIR)`
+vistok: model.safetensors + config.yaml/config.json + meta.json + model card; loads anywhere with `vistok.load_tokenizer(OUT_DIR)`
 (no Lightning, no Hydra app). diffusers: a `diffusers.VQModel` directory (`VQModel.from_pretrained`), for a
 VQ tokenizer built from diffusers blocks with one Euclidean codebook.
 """

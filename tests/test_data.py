@@ -340,10 +340,12 @@ def test_val_loader_splits_ranks_exactly_with_spawned_workers(shards):
     assert not per_rank[0] & per_rank[1]
 
 
-def test_train_ranks_read_disjoint_shards(shards):
+@pytest.mark.slow  # spawned workers import torch afresh
+def test_train_ranks_read_disjoint_shards_with_spawned_workers(shards):
     _, paths = shards  # five shards of four samples: rank 0 gets shards 0, 2, 4 and rank 1 shards 1, 3
-    shard_of = [{key[:5] for epoch in _train_keys(paths, rank, num_workers=2) for key in epoch}
-                for rank in (0, 1)]
+    loaders = [make_train_loader(paths, 3, RES, rank, 2, 2, 6, 0, shuffle_buffer=8, multiprocessing_context="spawn")
+               for rank in (0, 1)]
+    shard_of = [{key[:5] for batch in loader for key in batch["key"]} for loader in loaders]
     assert shard_of[0] <= {"00000", "00002", "00004"} and shard_of[1] <= {"00001", "00003"}
     assert shard_of[0] and shard_of[1]
 

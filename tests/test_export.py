@@ -151,3 +151,62 @@ def test_tokenize_shards_writes_token_shards_that_read_back(exported, tmp_path):
         tokens = np.load(io.BytesIO(samples[key]["tokens.npy"]))
         assert tokens.shape == (64, 1) and (tokens == expected[i]).all()
         assert samples[key]["txt"].decode() == batch["caption"][i]
+
+
+# ---- Hugging Face Hub layout ------------------------------------------------------------------------
+
+
+def test_export_is_a_pytorch_model_hub_mixin_directory(exported, tmp_path):
+    """config.json + model.safetensors load through huggingface_hub's mixin (offline, local directory), and
+    what the mixin saves loads back with `vistok.load_tokenizer`."""
+    from vistok.hub import HubTokenizer
+
+    tokenizer, path = exported
+    hub = HubTokenizer.from_pretrained(path)
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(hub.tokenizer.encode(images).indices, tokenizer.encode(images).indices)
+    hub.save_pretrained(tmp_path / "saved")
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in (tmp_path / "saved").iterdir()}
+    with torch.no_grad():
+        assert torch.equal(load_tokenizer(tmp_path / "saved").encode(images).indices, tokenizer.encode(images).indices)
+
+
+def test_tampered_hub_config_is_refused_and_disagreeing_configs_are_an_error(exported, tmp_path):
+    import json
+
+    from vistok.hub import HubTokenizer
+
+    _, path = exported
+    marker = tmp_path / "pwned"
+    config = json.loads((path / "config.json").read_text())
+    honest = json.dumps(config)
+    config["tokenizer"]["quantizer"]["codebook_size"] = 64
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="config.json and config.yaml describe different tokenizers"):
+        load_tokenizer(path)
+    config["tokenizer"]["encoder"] = {"_target_": "os.system", "command": f"touch {marker}"}
+    (path / "config.json").write_text(json.dumps(config))
+    for load in (load_tokenizer, HubTokenizer.from_pretrained):
+        with pytest.raises(ValueError, match="refusing to instantiate 'os.system'"):
+            load(path)
+    assert not marker.exists()
+    (path / "config.json").write_text(honest)
+    assert load_tokenizer(path) is not None
+
+
+def test_push_to_hub_uploads_the_export_directory_as_is(exported, monkeypatch):
+    import huggingface_hub
+
+    from vistok.hub import push_to_hub
+
+    _, path = exported
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",
+                        lambda self, folder_path, repo_id, **kw: calls.append(("upload", folder_path, repo_id)) or "url")
+    assert push_to_hub(path, "someone/tok") == "url"
+    assert calls == [("create", "someone/tok"), ("upload", str(path), "someone/tok")]
+    (path / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        push_to_hub(path, "someone/tok")

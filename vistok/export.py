@@ -2,7 +2,10 @@
 
     <dir>/model.safetensors   tokenizer weights (EMA where present; never the discriminator)
     <dir>/config.yaml         the resolved `tokenizer` config subtree (`_target_`s)
+    <dir>/config.json         the same tree as {"tokenizer": ...}: huggingface_hub's `PyTorchModelHubMixin`
+                              layout, so `vistok.hub.HubTokenizer.from_pretrained(dir or repo)` loads it too
     <dir>/meta.json           format version, step, metrics, package versions
+    <dir>/README.md           model card
 """
 
 from __future__ import annotations
@@ -22,19 +25,20 @@ FORMAT_VERSION = 1
 
 
 ALLOWED_PREFIX = "vistok."
+HUB_CONFIG_KEY = "tokenizer"  # config.json = {"tokenizer": <tree>}: the init kwargs of vistok.hub.HubTokenizer
 
 
-def _check_targets(node: Any, where: str = "tokenizer") -> None:
+def check_targets(node: Any, where: str = "tokenizer") -> None:
     """Only `vistok.` classes may be built from an export's config (exports may come from strangers)."""
     if isinstance(node, dict):
         target = node.get("_target_")
         if target is not None and not str(target).startswith(ALLOWED_PREFIX):
             raise ValueError(f"refusing to instantiate '{target}' at {where}: exports may only build vistok classes")
         for key, value in node.items():
-            _check_targets(value, f"{where}.{key}")
+            check_targets(value, f"{where}.{key}")
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            _check_targets(value, f"{where}[{i}]")
+            check_targets(value, f"{where}[{i}]")
 
 
 def build_from_config(node: Any) -> Any:
@@ -60,12 +64,13 @@ def save_tokenizer(tokenizer: torch.nn.Module, config: DictConfig | dict, out_di
     """Write an export directory atomically (a crash never leaves half an export)."""
     out_dir = Path(out_dir)
     plain = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
-    _check_targets(plain)
+    check_targets(plain)
     state = cpu_state(tokenizer)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     save_file(state, str(tmp / "model.safetensors"))
     OmegaConf.save(OmegaConf.create(plain), tmp / "config.yaml")
+    (tmp / "config.json").write_text(json.dumps({HUB_CONFIG_KEY: plain}, indent=2))
     info = {"format_version": FORMAT_VERSION, "versions": _versions(), "git_commit": _git_commit(), **(meta or {})}
     (tmp / "meta.json").write_text(json.dumps(info, indent=2, default=float))
     (tmp / "README.md").write_text(_model_card(plain, info, state))
@@ -113,18 +118,42 @@ def _model_card(config: dict, info: dict, state: dict) -> str:
             + (f"| metric | value |\n| --- | --- |\n{rows}\n" if rows else ""))
 
 
+def read_export_config(path: Path) -> dict:
+    """The checked tokenizer tree of an export: config.json and/or config.yaml, which must agree."""
+    found = {}
+    if (path / "config.json").is_file():
+        data = json.loads((path / "config.json").read_text())
+        if not isinstance(data, dict) or HUB_CONFIG_KEY not in data:
+            raise ValueError(f"{path / 'config.json'} has no '{HUB_CONFIG_KEY}' entry: not a vistok export")
+        found["config.json"] = data[HUB_CONFIG_KEY]
+    if (path / "config.yaml").is_file():
+        found["config.yaml"] = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=True)
+    if not found:
+        raise FileNotFoundError(f"{path} is not a vistok export: config.json / config.yaml is missing")
+    for config in found.values():
+        check_targets(config)
+    if len(found) == 2 and found["config.json"] != found["config.yaml"]:
+        raise ValueError(f"{path}: config.json and config.yaml describe different tokenizers (edited by hand?)")
+    return next(iter(found.values()))
+
+
+def read_weights(path: Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    """safetensors weights, with a clear error for a missing, truncated or corrupt file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} is not a vistok export: {path.name} is missing")
+    try:
+        return load_file(str(path), device=map_location)
+    except Exception as error:  # safetensors raises its own error types for truncated / corrupt files
+        raise ValueError(f"{path} is unreadable (truncated or corrupt): {error}") from error
+
+
 def load_tokenizer(path: str | Path, map_location: str = "cpu"):
     """Rebuild a tokenizer from an export directory; returns it in eval mode."""
     path = Path(path)
-    for name in ("config.yaml", "model.safetensors"):
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{path} is not a vistok export: {name} is missing")
-    config = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=True)
-    _check_targets(config)
+    config = read_export_config(path)
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path} is not a vistok export: model.safetensors is missing")
     tokenizer = build_from_config(config)
-    try:
-        state = load_file(str(path / "model.safetensors"), device=map_location)
-    except Exception as error:  # safetensors raises its own error types for truncated / corrupt files
-        raise ValueError(f"{path / 'model.safetensors'} is unreadable (truncated or corrupt): {error}") from error
-    tokenizer.load_state_dict(state, strict=True)
+    tokenizer.load_state_dict(read_weights(weights, map_location), strict=True)
     return tokenizer.eval()

@@ -111,9 +111,9 @@ def unsharded(cfg: DictConfig, module: VistokModule, datamodule, final_stage_dir
         return module
     consolidated = consolidate_checkpoint(final_stage_dir / "last.ckpt")
     print(f"consolidated the final distributed checkpoint into {consolidated}")
-    copy = build_module(cfg, datamodule)
-    copy.load_state_dict(load_weights(consolidated))
-    return copy.eval()
+    single = build_module(cfg, datamodule)
+    single.load_state_dict(load_weights(consolidated))
+    return single.eval()
 
 
 def save_exports(cfg: DictConfig, module: VistokModule, out_dir: Path, meta: dict) -> None:
