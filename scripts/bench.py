@@ -1,7 +1,7 @@
-"""Benchmarks, measured side by side in one run: `python -m scripts.bench [NAME ...] [--out FILE]`.
+"""Benchmarks, measured side by side in one run: `python -m scripts.bench [NAME ...] [--json FILE]`.
 
 Performance targets live here, not in timed tests. Each benchmark prints its table and returns a dict;
-`--out` writes all results as JSON.
+`--json` writes all results as JSON.
 
     fsdp_memory   per-rank steady-state memory (RSS) of a >= 50M-parameter joint model (tokenizer + Llama)
                   trained at 2 ranks with DDP and with FSDP2, and the ratio FSDP / DDP.
@@ -98,14 +98,14 @@ BENCHMARKS = {"fsdp_memory": fsdp_memory}
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", default=list(BENCHMARKS), help=f"any of {sorted(BENCHMARKS)}")
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--json", dest="json_out", help="write the results as JSON here")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
     results = {name: BENCHMARKS[name]() for name in args.names}
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 0
 
 
