@@ -139,8 +139,8 @@ def test_fsdp_resumes_from_its_distributed_checkpoint_at_the_same_step(tmp_path,
     (trace / "steps_rank1.txt").unlink()
     output = _check(run_train([*args, *_trace(trace)], run_dir, cache_dir, timeout=300))
     # last.ckpt is saved alongside step000004.ckpt (same step); either is the newest complete one
-    assert re.search(r"resuming stage 'tokenizer' from the distributed checkpoint \S+/(last|step000004)\.ckpt",
-                     output), output[-3000:]
+    assert re.search(r"resuming stage 'tokenizer' from the distributed checkpoint \S+/(last|step000004)\.ckpt "
+                     r"at step 4 of the stage \(global step \d+\)", output), output[-3000:]
     for rank in (0, 1):
         assert _steps(trace, rank) == [("tokenizer", 4), ("tokenizer", 5)]  # continues where it stopped
     assert _final_step(stage_dir) == 6 and (stage_dir / "done").is_file()

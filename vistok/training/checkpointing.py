@@ -23,7 +23,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
-from vistok.training.sharding import is_distributed_checkpoint, load_checkpoint
+from vistok.training.sharding import META_FILENAME, is_distributed_checkpoint, load_checkpoint
 
 PARTIAL_TAG = ".partial-"  # hidden `.<name>.partial-<pid>` files are saves still in progress (or killed)
 CONFIG_KEY = "vistok_config"  # the model-defining config subtrees, stored in every checkpoint
@@ -169,7 +169,10 @@ def checked_resume_checkpoint(module, stage_dir: Path | str,
     if path is None:
         return None
     if path.is_dir():  # sharded: its tensors are only readable by consolidating, so Lightning checks them
-        print(f"resuming stage '{Path(stage_dir).name}' from the distributed checkpoint {path}")
+        checkpoint = read_checkpoint(path / META_FILENAME) if (path / META_FILENAME).is_file() else {}
+        print(f"resuming stage '{Path(stage_dir).name}' from the distributed checkpoint {path} at step "
+              f"{checkpoint.get('vistok', {}).get('stage_step', '?')} of the stage (global step "
+              f"{checkpoint.get('global_step', '?')})")
         return path
     checkpoint = read_checkpoint(path)
     check_resumable(module, checkpoint, path, config, optimizer_group_names(module))
