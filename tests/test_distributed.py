@@ -172,6 +172,24 @@ def test_ddp_joint_run_keeps_codebooks_identical(tmp_path, cache_dir):
     assert (run_dir / "tokenizer" / "model.safetensors").is_file()
 
 
+# ---- GAN stages -------------------------------------------------------------------------------------
+
+GAN = ["max_steps_per_stage=8", "+module.discriminator._target_=vistok.losses.gan.PatchDiscriminator",
+       "module.lecam_weight=0.1", "stages.tokenizer.train=[tokenizer,discriminator]",
+       "+stages.tokenizer.lr.discriminator=1e-3", "+stages.tokenizer.gan_start=3"]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_gan_stage_trains_under_each_strategy_with_identical_loss_buffers(strategy, tmp_path, cache_dir):
+    """Generator and discriminator steps leave each other's parameters unused (DDP must allow it), and the
+    LeCAM EMAs are buffers: ReplicaCheck stops the run if they differ across ranks."""
+    run_dir = tmp_path / "run"
+    output = _check(run_train([f"trainer={strategy}", *TOKENIZER_ONLY, *GAN], run_dir, cache_dir, timeout=400))
+    assert "buffers differ" not in output
+    logged = (run_dir / "csv").rglob("metrics.csv")
+    assert any("train/gan_d" in path.read_text().splitlines()[0] for path in logged)  # the GAN really ran
+
+
 # ---- two nodes on localhost ---------------------------------------------------------------------
 
 

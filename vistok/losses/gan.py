@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vistok import dist
+
 
 class PatchDiscriminator(nn.Module):
     """(B, 3, H, W) -> (B, 1, h, w) real/fake logits per patch (pix2pix N-layer design).
@@ -42,7 +44,8 @@ def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 class LeCAM(nn.Module):
     """LeCAM regulariser: keeps discriminator logits near EMAs of the opposite class (stabilises small data).
 
-    The EMAs are buffers so they are checkpointed with the module.
+    The EMAs are buffers so they are checkpointed with the module. They track the logit means over all
+    ranks (all-reduced), so every rank keeps the same EMAs under DDP/FSDP.
     """
 
     def __init__(self, decay: float = 0.999):
@@ -53,7 +56,8 @@ class LeCAM(nn.Module):
 
     def forward(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            self.real_ema.lerp_(real_logits.mean(), 1 - self.decay)
-            self.fake_ema.lerp_(fake_logits.mean(), 1 - self.decay)
+            means = dist.all_reduce_mean(torch.stack([real_logits.mean(), fake_logits.mean()]).float())
+            self.real_ema.lerp_(means[0].to(self.real_ema.dtype), 1 - self.decay)
+            self.fake_ema.lerp_(means[1].to(self.fake_ema.dtype), 1 - self.decay)
         return (F.relu(real_logits - self.fake_ema).pow(2).mean()
                 + F.relu(self.real_ema - fake_logits).pow(2).mean())
