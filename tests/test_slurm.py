@@ -1,0 +1,102 @@
+"""Sweeps, multi-node DDP, preemption and failures on a real (local, two-node) SLURM cluster.
+
+The cluster comes from scripts/slurm/local_cluster.sh (see tests/slurm_cluster.py); every wait is bounded,
+and the drivers run under `timeout` so a hang fails the test instead of blocking CI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from slurm_cluster import job_ids, job_log, results, slurm, slurm_cluster, start_driver, wait_for  # noqa: F401
+
+pytestmark = pytest.mark.slurm
+TINY = ["experiment=vq_mini", "debug=tiny"]
+
+
+def _finish(driver, limit_s: float) -> int:
+    try:
+        return driver.wait(timeout=limit_s)
+    except Exception:
+        driver.kill()
+        raise
+
+
+def test_sweep_returns_metrics_to_the_driver(slurm_cluster, cache_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    log = tmp_path / "driver.log"
+    driver = start_driver([*TINY, "trainer.max_steps=3", "seed=1,2", f"hydra.sweep.dir={sweep}"],
+                          slurm_cluster, log, limit_s=300)
+    assert _finish(driver, 310) == 0, log.read_text()[-3000:]
+    outcomes = results(sweep)
+    assert len(outcomes) == 2, f"expected two job results, found {len(outcomes)}"
+    seeds = set()
+    for status, job_return in outcomes:
+        assert status == "success"
+        assert set(job_return.return_value) >= {"psnr", "codebook_usage"}
+        seeds |= {o for o in job_return.overrides if o.startswith("seed=")}
+    assert seeds == {"seed=1", "seed=2"}
+    for num in (0, 1):
+        metrics = json.loads((sweep / str(num) / "metrics.json").read_text())
+        assert metrics["steps"] == 3 and "psnr" in metrics["final"]
+
+
+def test_two_node_ddp_job_trains(slurm_cluster, cache_dir, tmp_path):
+    sweep = tmp_path / "ddp"
+    log = tmp_path / "driver.log"
+    driver = start_driver([*TINY, "trainer=ddp", "trainer.devices=1", "trainer.num_nodes=2",
+                           f"hydra.sweep.dir={sweep}"], slurm_cluster, log, limit_s=400)
+    assert _finish(driver, 410) == 0, log.read_text()[-3000:] + job_log(sweep)[-3000:]
+    [(status, job_return)] = results(sweep)
+    assert status == "success" and "psnr" in job_return.return_value
+    for rank in (0, 1):  # one task per node, each a DDP rank of a world of two
+        assert re.search(rf"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2", job_log(sweep, task=rank))
+    job = next(sweep.glob(".submitit/*_0")).name
+    nodes = slurm(slurm_cluster, "sacct", "-j", job, "-X", "-n", "-o", "NodeList%20").split()
+    assert nodes == ["n[1-2]"], nodes
+
+
+def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, cache_dir, tmp_path):
+    sweep = tmp_path / "preempt"
+    log = tmp_path / "driver.log"
+    driver = start_driver([*TINY, "max_steps_per_stage=16", "checkpoint_every=3", f"hydra.sweep.dir={sweep}"],
+                          slurm_cluster, log, limit_s=500)
+    stage_dir = sweep / "0" / "checkpoints" / "tokenizer"
+    wait_for("the first periodic checkpoint", lambda: (stage_dir / "step000003.ckpt").exists(), 300, driver)
+    [job] = job_ids(slurm_cluster)
+    slurm(slurm_cluster, "scancel", "--signal=USR2", job)  # what SLURM sends before the time limit
+    saved = wait_for("the preemption checkpoint", lambda: re.search(
+        r"preemption: saved (\S+) at global step (\d+)", job_log(sweep)), 120, driver)
+    assert saved.group(1) == str(stage_dir / "preempted.ckpt")
+    step = int(saved.group(2))
+    # Slurm holds a requeued job for about two minutes (BeginTime); let it start again now.
+    wait_for("the requeued job to be held", lambda: "PENDING" in slurm(
+        slurm_cluster, "squeue", "-h", "-j", job.split("_")[0], "-o", "%T"), 60, driver)
+    slurm(slurm_cluster, "scontrol", "update", f"JobId={job}", "StartTime=now")
+    assert _finish(driver, 400) == 0, log.read_text()[-3000:] + job_log(sweep)[-3000:]
+    text = job_log(sweep)
+    assert f"resuming stage 'tokenizer' from {stage_dir / 'preempted.ckpt'} at step {step} of the stage " \
+           f"(global step {step})" in text
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["steps"] == 16
+    # wandb: one offline run directory per attempt (offline-run-<time>-<id>), the same run id in both
+    runs = sorted(p.name for p in (sweep / "0" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.split("-", 3)[-1] for r in runs}) == 1, runs
+
+
+def test_killed_job_fails_the_driver_with_its_state(slurm_cluster, cache_dir, tmp_path):
+    sweep = tmp_path / "killed"
+    log = tmp_path / "driver.log"
+    driver = start_driver([*TINY, "max_steps_per_stage=1000", f"hydra.sweep.dir={sweep}"],
+                          slurm_cluster, log, limit_s=300)
+    [job] = wait_for("the job to run", lambda: job_ids(slurm_cluster), 120, driver)
+    wait_for("the job to start training", lambda: "preemption: on SIGUSR2" in job_log(sweep), 120, driver)
+    start = time.monotonic()
+    slurm(slurm_cluster, "scancel", "--signal=KILL", job)  # SIGKILL: no handler, no result pickle
+    code = _finish(driver, 200)
+    output = log.read_text()
+    assert code != 0, output[-3000:]
+    assert "UncompletedJobError" in output and re.search(r"state: (FAILED|CANCELLED)", output), output[-3000:]
+    assert time.monotonic() - start < 120, "the driver took too long to notice the killed job"
