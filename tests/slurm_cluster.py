@@ -75,15 +75,16 @@ def wait_for(what: str, check, limit_s: float, driver: subprocess.Popen | None =
     pytest.fail(f"timed out after {limit_s:.0f} s waiting for {what}")
 
 
-def job_ids(env: dict) -> list[str]:
-    """Ids (`<array>_<task>`) of the jobs in the queue."""
-    return slurm(env, "squeue", "-h", "-o", "%i").split()
+def submitted_jobs(sweep_dir: Path) -> list[str]:
+    """Slurm ids of the sweep's jobs (`<array>_<num>`, or `<job>` for a sweep of one), once submitted."""
+    return sorted(p.parent.name for p in sweep_dir.glob(".submitit/*/*_submitted.pkl"))
 
 
 def results(sweep_dir: Path) -> list:
     """The values a sweep's jobs returned to the driver (submitit's result pickles), by job number."""
     outcomes = []
-    for path in sorted(sweep_dir.glob(".submitit/*_*/*_0_result.pkl")):
+    # <array>_<num>/<array>_<num>_0_result.pkl for a sweep of several jobs, <job>/<job>_0_result.pkl for one
+    for path in sorted(sweep_dir.glob(".submitit/*/*_0_result.pkl")):
         with open(path, "rb") as handle:
             outcomes.append(pickle.load(handle))
     return outcomes
@@ -91,4 +92,4 @@ def results(sweep_dir: Path) -> list:
 
 def job_log(sweep_dir: Path, task: int = 0) -> str:
     """Everything the sweep's jobs printed, task `task` of each job."""
-    return "\n".join(p.read_text(errors="replace") for p in sorted(sweep_dir.glob(f".submitit/*_*/*_{task}_log.*")))
+    return "\n".join(p.read_text(errors="replace") for p in sorted(sweep_dir.glob(f".submitit/*/*_{task}_log.*")))

@@ -11,7 +11,8 @@ import re
 import time
 
 import pytest
-from slurm_cluster import job_ids, job_log, results, slurm, slurm_cluster, start_driver, wait_for  # noqa: F401
+import torch
+from slurm_cluster import job_log, results, slurm, slurm_cluster, start_driver, submitted_jobs, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.slurm
 TINY = ["experiment=vq_mini", "debug=tiny"]
@@ -40,8 +41,9 @@ def test_sweep_returns_metrics_to_the_driver(slurm_cluster, cache_dir, tmp_path)
         seeds |= {o for o in job_return.overrides if o.startswith("seed=")}
     assert seeds == {"seed=1", "seed=2"}
     for num in (0, 1):
-        metrics = json.loads((sweep / str(num) / "metrics.json").read_text())
-        assert metrics["steps"] == 3 and "psnr" in metrics["final"]
+        assert "psnr" in json.loads((sweep / str(num) / "metrics.json").read_text())["final"]
+        last = torch.load(sweep / str(num) / "checkpoints" / "tokenizer" / "last.ckpt", weights_only=True)
+        assert last["global_step"] == 3  # trainer.max_steps reached the jobs
 
 
 def test_two_node_ddp_job_trains(slurm_cluster, cache_dir, tmp_path):
@@ -54,7 +56,7 @@ def test_two_node_ddp_job_trains(slurm_cluster, cache_dir, tmp_path):
     assert status == "success" and "psnr" in job_return.return_value
     for rank in (0, 1):  # one task per node, each a DDP rank of a world of two
         assert re.search(rf"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2", job_log(sweep, task=rank))
-    job = next(sweep.glob(".submitit/*_0")).name
+    job = next(sweep.glob(".submitit/*/*_submitted.pkl")).parent.name
     nodes = slurm(slurm_cluster, "sacct", "-j", job, "-X", "-n", "-o", "NodeList%20").split()
     assert nodes == ["n[1-2]"], nodes
 
@@ -66,7 +68,7 @@ def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, cache_dir, tmp_
                           slurm_cluster, log, limit_s=500)
     stage_dir = sweep / "0" / "checkpoints" / "tokenizer"
     wait_for("the first periodic checkpoint", lambda: (stage_dir / "step000003.ckpt").exists(), 300, driver)
-    [job] = job_ids(slurm_cluster)
+    [job] = submitted_jobs(sweep)
     slurm(slurm_cluster, "scancel", "--signal=USR2", job)  # what SLURM sends before the time limit
     saved = wait_for("the preemption checkpoint", lambda: re.search(
         r"preemption: saved (\S+) at global step (\d+)", job_log(sweep)), 120, driver)
@@ -74,7 +76,7 @@ def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, cache_dir, tmp_
     step = int(saved.group(2))
     # Slurm holds a requeued job for about two minutes (BeginTime); let it start again now.
     wait_for("the requeued job to be held", lambda: "PENDING" in slurm(
-        slurm_cluster, "squeue", "-h", "-j", job.split("_")[0], "-o", "%T"), 60, driver)
+        slurm_cluster, "squeue", "-h", "-j", job, "-o", "%T"), 60, driver)
     slurm(slurm_cluster, "scontrol", "update", f"JobId={job}", "StartTime=now")
     assert _finish(driver, 400) == 0, log.read_text()[-3000:] + job_log(sweep)[-3000:]
     text = job_log(sweep)
@@ -91,7 +93,7 @@ def test_killed_job_fails_the_driver_with_its_state(slurm_cluster, cache_dir, tm
     log = tmp_path / "driver.log"
     driver = start_driver([*TINY, "max_steps_per_stage=1000", f"hydra.sweep.dir={sweep}"],
                           slurm_cluster, log, limit_s=300)
-    [job] = wait_for("the job to run", lambda: job_ids(slurm_cluster), 120, driver)
+    [job] = wait_for("the job to be submitted", lambda: submitted_jobs(sweep), 120, driver)
     wait_for("the job to start training", lambda: "preemption: on SIGUSR2" in job_log(sweep), 120, driver)
     start = time.monotonic()
     slurm(slurm_cluster, "scancel", "--signal=KILL", job)  # SIGKILL: no handler, no result pickle
