@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
-from slurm_cluster import job_log, results, slurm, slurm_cluster, start_driver, submitted_jobs, wait_for  # noqa: F401
+from slurm_cluster import (  # noqa: F401 - slurm_cluster is a fixture
+    ROOT, job_log, results, slurm, slurm_cluster, start_driver, submitted_jobs, wait_for)
 
 pytestmark = pytest.mark.slurm
 TINY = ["experiment=vq_mini", "debug=tiny"]
@@ -102,3 +105,18 @@ def test_killed_job_fails_the_driver_with_its_state(slurm_cluster, cache_dir, tm
     assert code != 0, output[-3000:]
     assert "UncompletedJobError" in output and re.search(r"state: (FAILED|CANCELLED)", output), output[-3000:]
     assert time.monotonic() - start < 120, "the driver took too long to notice the killed job"
+
+
+def test_reproduce_submits_a_tables_rows_as_one_sweep(slurm_cluster, cache_dir, tmp_path):
+    out = tmp_path / "table"
+    rows = "binary1d_mini_bits4,binary1d_mini"
+    cmd = ["timeout", "-s", "KILL", "500", sys.executable, "-m", "scripts.reproduce", "instella_bits",
+           "--scale", "smoke", "--seeds", "1", "--rows", rows, "--launcher", "slurm",
+           "--launcher-config", "slurm_local", "--out", str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, env=slurm_cluster, capture_output=True, text=True, timeout=510)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("sweep  ") == 1, result.stdout  # both rows in one sweep
+    [array] = {p.parent.name.split("_")[0] for p in out.glob(".submitit/*/*_submitted.pkl")}
+    assert len(list(out.glob(f".submitit/{array}_*"))) == 2  # one array job, a task per row
+    means = json.loads((out / "instella_bits.json").read_text())["means"]
+    assert set(means) == set(rows.split(","))
