@@ -120,3 +120,30 @@ def test_reproduce_submits_a_tables_rows_as_one_sweep(slurm_cluster, cache_dir, 
     assert len(list(out.glob(f".submitit/{array}_*"))) == 2  # one array job, a task per row
     means = json.loads((out / "instella_bits.json").read_text())["means"]
     assert set(means) == set(rows.split(","))
+
+
+def test_plain_sbatch_job_requeues_on_lightnings_signal(slurm_cluster, cache_dir, tmp_path):
+    """Without submitit (`sbatch` + `srun python train.py`), SIGUSR1 saves, `scontrol requeue`s, resumes."""
+    run_dir, out = tmp_path / "run", tmp_path / "job.out"
+    script = tmp_path / "job.sh"
+    script.write_text(
+        "#!/bin/bash\n#SBATCH --job-name=plain --nodes=1 --ntasks-per-node=1 --time=8 --requeue\n"
+        f"#SBATCH --open-mode=append --output={out}\n"
+        f"srun {sys.executable} {ROOT / 'train.py'} {' '.join(TINY)} max_steps_per_stage=16 checkpoint_every=3 "
+        f"run_name=plain hydra.run.dir={run_dir}\n")
+    job = slurm(slurm_cluster, "sbatch", "--parsable", str(script)).strip()
+    stage_dir = run_dir / "checkpoints" / "tokenizer"
+    try:
+        wait_for("the first periodic checkpoint", lambda: (stage_dir / "step000003.ckpt").exists(), 300)
+        slurm(slurm_cluster, "scancel", "--signal=USR1", job)
+        saved = wait_for("the preemption checkpoint", lambda: out.exists() and re.search(
+            r"preemption: saved \S+ at global step (\d+)", out.read_text(errors="replace")), 120)
+        wait_for("the requeued job to be held", lambda: "PENDING" in slurm(
+            slurm_cluster, "squeue", "-h", "-j", job, "-o", "%T"), 60)
+        slurm(slurm_cluster, "scontrol", "update", f"JobId={job}", "StartTime=now")
+        wait_for("the job to finish", lambda: (run_dir / "metrics.json").exists(), 300)
+    finally:
+        subprocess.run(["timeout", "30", "scancel", job], env=slurm_cluster)
+    step = saved.group(1)
+    assert f"from {stage_dir / 'preempted.ckpt'} at step {step} of the stage (global step {step})" in out.read_text()
+    assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))  # Lightning's own requeue handler stayed out
