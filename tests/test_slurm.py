@@ -67,7 +67,9 @@ def test_two_node_ddp_job_trains(slurm_cluster, cache_dir, tmp_path):
 def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, cache_dir, tmp_path):
     sweep = tmp_path / "preempt"
     log = tmp_path / "driver.log"
-    driver = start_driver([*TINY, "max_steps_per_stage=16", "checkpoint_every=3", f"hydra.sweep.dir={sweep}"],
+    # Two ranks on two nodes: both must save at the same step, and the rank that does not requeue must wait.
+    driver = start_driver([*TINY, "trainer=ddp", "trainer.devices=1", "trainer.num_nodes=2",
+                           "max_steps_per_stage=16", "checkpoint_every=3", f"hydra.sweep.dir={sweep}"],
                           slurm_cluster, log, limit_s=500)
     stage_dir = sweep / "0" / "checkpoints" / "tokenizer"
     wait_for("the first periodic checkpoint", lambda: (stage_dir / "step000003.ckpt").exists(), 300, driver)
