@@ -93,6 +93,33 @@ def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, cache_dir, tmp_
     assert len(runs) == 2 and len({r.split("-", 3)[-1] for r in runs}) == 1, runs
 
 
+def test_time_limit_requeues_until_the_run_finishes(slurm_cluster, cache_dir, tmp_path):
+    """A 1-minute limit with the signal 40 s before it: SLURM itself signals every attempt."""
+    sweep = tmp_path / "limit"
+    log = tmp_path / "driver.log"
+    driver = start_driver([*TINY, "max_steps_per_stage=30", "checkpoint_every=3", "hydra.launcher.timeout_min=1",
+                           "hydra.launcher.signal_delay_s=40", f"hydra.sweep.dir={sweep}"],
+                          slurm_cluster, log, limit_s=600)
+    [job] = wait_for("the job to be submitted", lambda: submitted_jobs(sweep), 120, driver)
+
+    def finished_or_released():
+        if driver.poll() is not None:
+            return True
+        if "BeginTime" in slurm(slurm_cluster, "squeue", "-h", "-j", job, "-o", "%r"):  # the requeue hold
+            slurm(slurm_cluster, "scontrol", "update", f"JobId={job}", "StartTime=now")
+        return False
+
+    wait_for("the driver to return", finished_or_released, 590)
+    assert driver.returncode == 0, log.read_text()[-3000:] + job_log(sweep)[-3000:]
+    text = job_log(sweep)
+    saved = [int(s) for s in re.findall(r"preemption: saved \S+ at global step (\d+)", text)]
+    resumed = [int(s) for s in re.findall(r"preempted.ckpt at step \d+ of the stage \(global step (\d+)\)", text)]
+    # Every save is resumed from at the same step; an attempt signalled before its first step saves nothing
+    # and its successor resumes from the same checkpoint again.
+    assert saved and set(resumed) == set(saved) and resumed == sorted(resumed), (saved, resumed)
+    assert "this job is timed-out" in text
+
+
 def test_killed_job_fails_the_driver_with_its_state(slurm_cluster, cache_dir, tmp_path):
     sweep = tmp_path / "killed"
     log = tmp_path / "driver.log"
