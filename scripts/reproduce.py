@@ -28,7 +28,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--launcher", choices=["local", "slurm"], default="local")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (local launcher)")
     parser.add_argument("--launcher-config", default="slurm",
-                        help="slurm launcher: the hydra/launcher config (a preset under configs/hydra/launcher/)")
+                        help="slurm launcher: a hydra/launcher config (presets: configs/hydra/launcher/)")
     parser.add_argument("--launcher-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="slurm launcher: an override for every sweep, e.g. hydra.launcher.partition=gpu")
     parser.add_argument("--rows", default=None, help="comma-separated experiments: run only these rows")

@@ -37,13 +37,15 @@ def slurm_cluster(tmp_path_factory):
     if install.returncode != 0:
         pytest.skip(f"the slurm packages could not be installed: {install.stderr.strip()[-500:]}")
     root = tmp_path_factory.mktemp("slurm")
-    start = subprocess.run(["timeout", "120", str(SCRIPT), "start", str(root)], capture_output=True, text=True)
+    start = subprocess.run(["timeout", "120", str(SCRIPT), "start", str(root)], capture_output=True,
+                           text=True)
     try:
         assert start.returncode == 0, f"the local cluster did not start:\n{start.stderr[-3000:]}"
         env = {**os.environ, "SLURM_CONF": str(root / "etc" / "slurm.conf")}
         yield env
     finally:
-        stop = subprocess.run(["timeout", "120", str(SCRIPT), "stop", str(root)], capture_output=True, text=True)
+        stop = subprocess.run(["timeout", "120", str(SCRIPT), "stop", str(root)], capture_output=True,
+                              text=True)
         assert stop.returncode == 0, f"the local cluster did not stop:\n{stop.stderr[-3000:]}"
         assert not list((root / "run").glob("*.pid")), "a daemon's PID file is left: it may still run"
 
@@ -92,4 +94,5 @@ def results(sweep_dir: Path) -> list:
 
 def job_log(sweep_dir: Path, task: int = 0) -> str:
     """Everything the sweep's jobs printed, task `task` of each job."""
-    return "\n".join(p.read_text(errors="replace") for p in sorted(sweep_dir.glob(f".submitit/*/*_{task}_log.*")))
+    logs = sorted(sweep_dir.glob(f".submitit/*/*_{task}_log.*"))
+    return "\n".join(p.read_text(errors="replace") for p in logs)

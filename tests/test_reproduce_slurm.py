@@ -31,7 +31,8 @@ def test_rows_sharing_fewer_stages_get_their_own_sweep(tmp_path):
     _, rows = _rows(TABLES["ett_table4"], "smoke", 1, tmp_path)
     sweeps = plan_sweeps(rows, tmp_path)
     assert len(sweeps) == 2
-    assert sorted(e for s in sweeps for e in s.experiments) == sorted(r.experiment for r in TABLES["ett_table4"].rows)
+    swept = sorted(e for s in sweeps for e in s.experiments)
+    assert swept == sorted(r.experiment for r in TABLES["ett_table4"].rows)
 
 
 def test_each_sweep_job_gets_the_local_runs_overrides_and_directory(compose_cfg, tmp_path):

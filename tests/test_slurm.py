@@ -97,8 +97,9 @@ def test_time_limit_requeues_until_the_run_finishes(slurm_cluster, cache_dir, tm
     """A 1-minute limit with the signal 40 s before it: SLURM itself signals every attempt."""
     sweep = tmp_path / "limit"
     log = tmp_path / "driver.log"
-    driver = start_driver([*TINY, "max_steps_per_stage=30", "checkpoint_every=3", "hydra.launcher.timeout_min=1",
-                           "hydra.launcher.signal_delay_s=40", f"hydra.sweep.dir={sweep}"],
+    driver = start_driver([*TINY, "max_steps_per_stage=30", "checkpoint_every=3",
+                           "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=40",
+                           f"hydra.sweep.dir={sweep}"],
                           slurm_cluster, log, limit_s=600)
     [job] = wait_for("the job to be submitted", lambda: submitted_jobs(sweep), 120, driver)
 
@@ -113,7 +114,8 @@ def test_time_limit_requeues_until_the_run_finishes(slurm_cluster, cache_dir, tm
     assert driver.returncode == 0, log.read_text()[-3000:] + job_log(sweep)[-3000:]
     text = job_log(sweep)
     saved = [int(s) for s in re.findall(r"preemption: saved \S+ at global step (\d+)", text)]
-    resumed = [int(s) for s in re.findall(r"preempted.ckpt at step \d+ of the stage \(global step (\d+)\)", text)]
+    resumed = [int(s) for s in re.findall(r"preempted.ckpt at step \d+ of the stage \(global step (\d+)\)",
+                                          text)]
     # Every save is resumed from at the same step; an attempt signalled before its first step saves nothing
     # and its successor resumes from the same checkpoint again.
     assert saved and set(resumed) == set(saved) and resumed == sorted(resumed), (saved, resumed)
@@ -158,8 +160,8 @@ def test_plain_sbatch_job_requeues_on_lightnings_signal(slurm_cluster, cache_dir
     script.write_text(
         "#!/bin/bash\n#SBATCH --job-name=plain --nodes=1 --ntasks-per-node=1 --time=8 --requeue\n"
         f"#SBATCH --open-mode=append --output={out}\n"
-        f"srun {sys.executable} {ROOT / 'train.py'} {' '.join(TINY)} max_steps_per_stage=16 checkpoint_every=3 "
-        f"run_name=plain hydra.run.dir={run_dir}\n")
+        f"srun {sys.executable} {ROOT / 'train.py'} {' '.join(TINY)} max_steps_per_stage=16 "
+        f"checkpoint_every=3 run_name=plain hydra.run.dir={run_dir}\n")
     job = slurm(slurm_cluster, "sbatch", "--parsable", str(script)).strip()
     stage_dir = run_dir / "checkpoints" / "tokenizer"
     try:
@@ -174,5 +176,6 @@ def test_plain_sbatch_job_requeues_on_lightnings_signal(slurm_cluster, cache_dir
     finally:
         subprocess.run(["timeout", "30", "scancel", job], env=slurm_cluster)
     step = saved.group(1)
-    assert f"from {stage_dir / 'preempted.ckpt'} at step {step} of the stage (global step {step})" in out.read_text()
+    resumed = f"from {stage_dir / 'preempted.ckpt'} at step {step} of the stage (global step {step})"
+    assert resumed in out.read_text()
     assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))  # Lightning's own requeue handler stayed out
