@@ -163,3 +163,13 @@ def test_slurm_launcher_follows_the_trainer(compose_cfg):
 def test_gpu_preset_asks_one_gpu_per_task(compose_cfg):
     cfg = compose_cfg(["hydra/launcher=slurm_gpu_example", "trainer=ddp", "trainer.devices=8"])
     assert cfg.hydra.launcher.gpus_per_node == cfg.hydra.launcher.tasks_per_node == 8
+
+
+def test_no_handler_from_another_thread(submitit_job):
+    import threading
+
+    installed = []
+    thread = threading.Thread(target=lambda: installed.append(preemption.install_preemption_handler()))
+    thread.start()
+    thread.join(timeout=10)
+    assert installed == [None]  # signal handlers can only be set in the main thread: skipped, not a crash

@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,6 +69,9 @@ def install_preemption_handler() -> signal.Signals | None:
     signum = preemption_signal()
     if signum is None or _STATE.installed == signum:
         return _STATE.installed
+    if threading.current_thread() is not threading.main_thread():
+        print("preemption: not in the main thread, where signal handlers live: no checkpoint on preemption")
+        return None
     _STATE.previous = signal.getsignal(signum)
     signal.signal(signum, _on_signal)
     _STATE.installed, _STATE.received = signum, None
