@@ -70,11 +70,21 @@ start_accounting() {
   wait_for slurmdbd grep -q started "$ROOT/log/slurmdbd.log"
 }
 
+check_ports_free() {  # the ports slurm.conf.in, slurmdbd.conf.in and mariadb use
+  local port
+  for port in 3306 6817 6818 6819 17001 17002; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      die "port $port is already in use (another Slurm or MySQL on this host?); stop it first"
+    fi
+  done
+}
+
 nodes_idle() { [ "$(sinfo -h -N -o %t 2>/dev/null | sort -u)" = idle ]; }
 
 start() {
   install_packages
   [ -e "$ROOT/run/slurmctld.pid" ] && die "$ROOT already holds a running cluster (stop it first)"
+  check_ports_free
   rm -rf "$ROOT/state" "$ROOT/mysql-data" "$ROOT/log" "$ROOT/run"
   mkdir -p "$ROOT"/{etc,state,log,run}
   export SLURM_CONF=$ROOT/etc/slurm.conf
