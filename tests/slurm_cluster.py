@@ -17,11 +17,11 @@ SCRIPT = ROOT / "scripts" / "slurm" / "local_cluster.sh"
 
 
 def _cannot_install() -> str | None:
-    """Why the cluster's Debian packages cannot be installed here (None: they can, or already are)."""
+    """Why the cluster cannot be installed or started here (None: it can)."""
+    if os.geteuid() != 0:  # the daemons run as root (SlurmUser=root) and munged needs /run/munge
+        return "the slurm tier needs root to install and start slurm, munge and mariadb"
     if shutil.which("slurmctld") and shutil.which("sbatch") and shutil.which("mariadbd"):
         return None
-    if os.geteuid() != 0:
-        return "the slurm tier needs root to install and start slurm, munge and mariadb"
     if not shutil.which("apt-get"):
         return "the slurm tier installs Debian packages and there is no apt-get"
     return None
