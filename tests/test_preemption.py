@@ -173,3 +173,13 @@ def test_no_handler_from_another_thread(submitit_job):
     thread.start()
     thread.join(timeout=10)
     assert installed == [None]  # signal handlers can only be set in the main thread: skipped, not a crash
+
+
+def test_slurm_tier_says_why_it_skips(monkeypatch):
+    import slurm_cluster
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "needs root" in slurm_cluster._cannot_install()
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(slurm_cluster.shutil, "which", lambda name: None)  # nothing installed, no apt-get
+    assert "no apt-get" in slurm_cluster._cannot_install()
