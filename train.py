@@ -16,7 +16,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> dict:
     from vistok.config import validate  # imported here so `--help` stays fast
 
     validate(cfg)
@@ -26,6 +26,7 @@ def main(cfg: DictConfig) -> None:
     if metrics:
         shown = {k: round(v, 4) for k, v in metrics.items() if "/" not in k}
         print(f"final metrics: {shown}")
+    return metrics  # a sweep's launcher (submitit) hands it back to the driver
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Reproduce a paper table: `python -m scripts.reproduce TABLE --scale smoke|mini|paper [--seeds N]`.
+"""Reproduce a paper table: `python -m scripts.reproduce TABLE --scale smoke|mini|paper [--seeds N]
+[--launcher local|slurm]`.
 
 Runs (or reuses) the table's training runs, then prints the table in the paper's layout with the
 paper's numbers beside ours and, at mini scale, each expected trend with PASS/FAIL. Writes
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from vistok.reproduce.report import plot, render, summarise, write
 from vistok.reproduce.runner import collect, plan, run_all
+from vistok.reproduce.slurm import submit_all
 from vistok.reproduce.tables import TABLES
 
 
@@ -25,6 +27,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=None, help="default: 3 at mini scale, 1 otherwise")
     parser.add_argument("--launcher", choices=["local", "slurm"], default="local")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (local launcher)")
+    parser.add_argument("--launcher-config", default="slurm",
+                        help="slurm launcher: a hydra/launcher config (presets: configs/hydra/launcher/)")
+    parser.add_argument("--launcher-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="slurm launcher: an override for every sweep, e.g. hydra.launcher.partition=gpu")
     parser.add_argument("--rows", default=None, help="comma-separated experiments: run only these rows")
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/reproduce/<table>/<scale>")
     return parser.parse_args(argv)
@@ -32,9 +38,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.launcher == "slurm":
-        sys.exit("--launcher slurm is not available yet: run the rows with "
-                 "`python train.py -m hydra/launcher=slurm experiment=...` and point --out at their run directories")
     table = TABLES[args.table]
     if args.rows:
         wanted = args.rows.split(",")
@@ -50,9 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.time() - start:7.1f}s] {message}", flush=True)
 
+    if args.launcher == "slurm":
+        out = out.resolve()  # jobs may start in another directory
     bases, rows = plan(table, args.scale, seeds, out, table.stages)
-    run_all(bases, args.parallel, log)
-    run_all([job for jobs in rows.values() for job in jobs], args.parallel, log)
+    if args.launcher == "slurm":  # the base runs (shared stages) first: the rows start from their checkpoints
+        launcher = (args.launcher_config, args.launcher_arg, log)
+        submit_all(bases, out, *launcher)
+        submit_all([job for jobs in rows.values() for job in jobs], out, *launcher)
+    else:
+        run_all(bases, args.parallel, log)
+        run_all([job for jobs in rows.values() for job in jobs], args.parallel, log)
     per_row = collect(rows)
     means, stds = summarise(per_row)
     markdown, verdicts = render(table, args.scale, seeds, means, stds)

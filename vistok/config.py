@@ -62,8 +62,19 @@ def validate(cfg: DictConfig) -> None:
     group_choices = [o for o in overrides if "=" in o and _is_group_override(o)]
     reference = compose(config_name=HydraConfig.get().job.config_name, overrides=group_choices)
     check_override_types(cfg, overrides, reference)
+    check_run_name(cfg)
     check_stages(cfg)
     check_connections(cfg)
+
+
+def check_run_name(cfg: DictConfig) -> None:
+    """`run_name` is one directory name (it also becomes part of the wandb run id)."""
+    import re
+
+    name = str(cfg.get("run_name") or "")
+    if not re.fullmatch(r"[A-Za-z0-9_.,=+-]+", name) or set(name) == {"."}:
+        raise ConfigError(f"run_name={name!r} must be one directory name: letters, digits and _ . , = + - "
+                          "(no '/', spaces or ':')")
 
 
 def check_stages(cfg: DictConfig) -> None:

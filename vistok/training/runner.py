@@ -30,10 +30,12 @@ from vistok.training.checkpointing import (
     model_config,
 )
 from vistok.training.module import VistokModule
+from vistok.training.preemption import PreemptionCheckpoint, install_preemption_handler
 from vistok.training.quiet import quiet_libraries
 from vistok.training.replicas import ReplicaCheck
 from vistok.training.report import RunReport, save_stage_pictures
 from vistok.training.sharding import consolidate_checkpoint, is_distributed_checkpoint
+from vistok.training.run_names import logger_overrides
 from vistok.training.stages import Stage, stages_from_config
 
 
@@ -82,7 +84,8 @@ def load_init(module: VistokModule, path: str) -> None:
 
 def _callbacks(cfg: DictConfig, stage_dir: Path) -> list:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks += [ResumeState(model_config(cfg)), RollbackSkippedBatch(), ReplicaCheck()]
+    callbacks += [ResumeState(model_config(cfg)), RollbackSkippedBatch(), ReplicaCheck(),
+                  PreemptionCheckpoint(stage_dir)]
     callbacks.append(ModelCheckpoint(dirpath=stage_dir, filename="step{step:06d}", auto_insert_metric_name=False,
                                      every_n_train_steps=cfg.checkpoint_every, save_top_k=-1, save_last=True))
     return callbacks
@@ -128,6 +131,7 @@ def run(cfg: DictConfig) -> dict:
     """Train every stage of `cfg`, write metrics.json, pictures and the exported tokenizer. Returns metrics."""
     start = time.time()
     quiet_libraries()
+    install_preemption_handler()  # before any Trainer exists, so Lightning leaves the SLURM signal to vistok
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(cfg.num_threads) if cfg.get("num_threads") else None
@@ -138,7 +142,8 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("init_from"):
         load_init(module, cfg.init_from)
     stages = stages_from_config(cfg.stages, cfg.get("max_steps_per_stage"), cfg.get("stage_defaults"))
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = [instantiate(c, **logger_overrides(c, out_dir)) for c in (cfg.get("logger") or {}).values()
+               if c is not None]
     report = RunReport(out_dir / "metrics.json", cfg.name)
     offset, is_zero = 0, True
     for stage in stages:
