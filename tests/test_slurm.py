@@ -98,7 +98,7 @@ def test_time_limit_requeues_until_the_run_finishes(slurm_cluster, cache_dir, tm
     sweep = tmp_path / "limit"
     log = tmp_path / "driver.log"
     # On a busy machine an attempt may train only a step or two before its signal: allow many requeues.
-    driver = start_driver([*TINY, "max_steps_per_stage=16", "checkpoint_every=3",
+    driver = start_driver([*TINY, "max_steps_per_stage=8", "checkpoint_every=3",
                            "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=40",
                            "hydra.launcher.max_num_timeout=100", f"hydra.sweep.dir={sweep}"],
                           slurm_cluster, log, limit_s=900)
