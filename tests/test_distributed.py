@@ -8,6 +8,7 @@ with a hard timeout, so a collective that hangs fails the test instead of the su
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -157,6 +158,18 @@ def test_rerun_of_a_finished_fsdp_run_loads_its_distributed_checkpoints(fsdp_run
 
     assert load_tokenizer(run_dir / "tokenizer") is not None
     assert json.loads((run_dir / "metrics.json").read_text())["final"]["psnr"] == before["psnr"]
+
+
+def test_fsdp_bf16_with_activation_checkpointing_trains_every_stage(tmp_path, cache_dir):
+    """bf16 compute with fp32 reduction; groups frozen in the first stage are trained in later ones (FSDP2
+    must re-read which parameters need gradients, or it writes bf16 gradients into fp32 parameters)."""
+    run_dir = tmp_path / "run"
+    _check(run_train(["trainer=fsdp", *TINY, "trainer.strategy.mixed_precision=bf16",
+                      "trainer.strategy.activation_checkpointing=true"], run_dir, cache_dir, timeout=480))
+    final = json.loads((run_dir / "metrics.json").read_text())["final"]
+    assert math.isfinite(final["caption_loss"]) and final["psnr"] > 10
+    state = torch.load(run_dir / "checkpoints" / "post" / "last.ckpt.consolidated.ckpt", weights_only=True)
+    assert all(v.dtype != torch.bfloat16 for v in state["state_dict"].values())  # parameters stay fp32
 
 
 # ---- DDP --------------------------------------------------------------------------------------

@@ -141,8 +141,9 @@ def shard_module(module: nn.Module, mesh, mixed_precision: str | None = None,
     """Apply `fully_shard` to every unit of `module`, then to the root. Idempotent. Returns the unit names."""
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-    if isinstance(module, FSDPModule):
-        return []  # a later stage of the same run: already sharded
+    if isinstance(module, FSDPModule):  # a later stage of the same run: already sharded
+        refresh_trainable(module)
+        return []
     if activation_checkpointing and getattr(module, "llm", None) is not None:
         _checkpoint_blocks(module.llm.model)
     units = shard_units(module)
@@ -166,6 +167,22 @@ def shard_module(module: nn.Module, mesh, mixed_precision: str | None = None,
         # (`synced_gpus`): each forward all-gathers parameters, so ranks must run the same number.
         module.llm.model._is_fsdp_managed_module = True
     return [name for name, _, _ in units]
+
+
+def refresh_trainable(module: nn.Module) -> None:
+    """Re-read which parameters require grad, for every unit (call when a new stage trains other groups).
+
+    FSDP2 fixes each unit's gradient dtypes when it is first initialised, from the parameters that require
+    grad then; a unit frozen in the first stage has none, so when a later stage trains it under bf16 its
+    bf16 gradients would be reduced in bf16 and stored into fp32 parameters (an error).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            group = unit._get_fsdp_state()._fsdp_param_group
+            if group is not None:
+                group._init_mp_dtypes()
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
