@@ -51,23 +51,37 @@ def tokenizer_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def export_run(path: str | Path, out_dir: str | Path, fmt: str = "vistok") -> Path:
     """Write an export directory (`vistok` or `diffusers` VQModel format) from a run directory or checkpoint."""
-    ckpt, run_dir = locate(path)
-    config = tokenizer_config(run_dir)
-    tokenizer = build_from_config(config)
-    weights, info = tokenizer_state(ckpt)
-    tokenizer.load_state_dict(weights, strict=True)
-    tokenizer.eval()
-    if fmt == "diffusers":
-        from vistok.export_diffusers import save_vqmodel
+    from tqdm import tqdm
 
-        return save_vqmodel(tokenizer, out_dir)
+    with tqdm(total=3, desc="export", unit="step") as progress:  # loading dominates for large checkpoints
+        ckpt, run_dir = locate(path)
+        config = tokenizer_config(run_dir)
+        progress.set_postfix_str(f"reading {ckpt.name}")
+        weights, info = tokenizer_state(ckpt)
+        progress.update()
+        tokenizer = build_from_config(config)
+        tokenizer.load_state_dict(weights, strict=True)
+        tokenizer.eval()
+        progress.update()
+        progress.set_postfix_str(f"writing {Path(out_dir).name}")
+        if fmt == "diffusers":
+            from vistok.export_diffusers import save_vqmodel
+
+            out = save_vqmodel(tokenizer, out_dir)
+        else:
+            out = save_tokenizer(tokenizer, config, out_dir, _export_meta(ckpt, run_dir, info))
+        progress.update()
+    return out
+
+
+def _export_meta(ckpt: Path, run_dir: Path, info: dict) -> dict:
     meta = {"source": str(ckpt.resolve()), **info}
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
         import json
 
         meta["metrics"] = json.loads(metrics.read_text()).get("final", {})
-    return save_tokenizer(tokenizer, config, out_dir, meta)
+    return meta
 
 
 def save_llm(module, projector_config: dict | None, out_dir: str | Path) -> Path:
