@@ -1,109 +1,62 @@
-"""Benchmarks, measured side by side in one run: `python -m scripts.bench [NAME ...] [--json FILE]`.
+"""Benchmarks, measured side by side in one run: `python -m scripts.bench [NAME ...] [--quick] [--json FILE]`.
 
-Performance targets live here, not in timed tests. Each benchmark prints its table and returns a dict;
-`--json` writes all results as JSON.
+Performance targets live here, not in timed tests: each benchmark prints its line (value, target, ok/MISS)
+and returns a dict; `--json` writes them all. Ratios against a baseline measured in the same process are
+what to read: absolute times on a shared machine are noise.
 
-    fsdp_memory   per-rank steady-state memory (RSS) of a >= 50M-parameter joint model (tokenizer + Llama)
-                  trained at 2 ranks with DDP and with FSDP2, and the ratio FSDP / DDP.
+    step_overhead      vistok training step (Lightning + joint module) vs a bare PyTorch loop   <= 1.05
+    data_pipeline      vistok shard pipeline vs raw webdataset decoding; headroom over training  >= 0.9, >= 10x
+    quantizer_adapter  vistok's VectorQuantizer vs vector-quantize-pytorch called directly      <= 1.03
+    fsdp_memory        FSDP2 vs DDP steady-state RSS per rank, 51M-parameter joint model, 2 ranks  <= 0.6
+    import_time        `from vistok import load_tokenizer` vs `import torch`
+    main_job           `python train.py` wall time                                               <= 10 min
+
+`--quick` leaves out the two long ones (fsdp_memory, main_job: tens of minutes on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-from lightning.pytorch.callbacks import Callback
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# A ~50M-parameter Llama (12 blocks of hidden 512: 16 * 512^2 * 12 = 50.3M) joined to the mini tokenizer.
-LARGE_LLM = ["llm.build.hidden_size=512", "llm.build.num_layers=12", "llm.build.num_heads=8"]
-# glibc keeps freed blocks below the mmap threshold in its heap, hiding what sharding frees (RSS would
-# stay at the peak of the first all-gather); a low threshold returns them to the system.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+LONG = ("fsdp_memory", "main_job")
 
 
-class RSSProbe(Callback):
-    """Records this rank's resident set size after every training step of `stage` into `out_dir`."""
+def _benchmarks() -> dict:
+    from scripts.benchmarks.data import data_pipeline
+    from scripts.benchmarks.memory import fsdp_memory
+    from scripts.benchmarks.quantizer import quantizer_adapter
+    from scripts.benchmarks.startup import import_time, main_job
+    from scripts.benchmarks.step import step_overhead
 
-    def __init__(self, out_dir: str, stage: str = "ett"):
-        self.out_dir, self.stage = Path(out_dir), stage
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if pl_module.stage.name != self.stage:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / f"rss_rank{trainer.global_rank}.txt", "a") as handle:
-            handle.write(f"{_rss_mb():.1f}\n")
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        if trainer.global_rank == 0:
-            params = sum(p.numel() for p in pl_module.parameters())  # a DTensor shard counts its full size
-            (self.out_dir / "params.txt").parent.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "params.txt").write_text(str(params))
+    return {"step_overhead": step_overhead, "data_pipeline": data_pipeline, "quantizer_adapter": quantizer_adapter,
+            "fsdp_memory": fsdp_memory, "import_time": import_time, "main_job": main_job}
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def _train(strategy: str, out_dir: Path, steps: int, timeout: int) -> dict:
-    """One 2-rank joint run under `strategy`; returns per-rank steady-state RSS (median of later steps)."""
-    probe = out_dir / "probe"
-    cmd = [sys.executable, str(ROOT / "train.py"), f"trainer={strategy}", "experiment=ett_mini", "debug=tiny",
-           *LARGE_LLM, f"max_steps_per_stage={steps}", "logger=csv", "export.enabled=false",
-           "+callbacks.rss._target_=scripts.bench.RSSProbe", f"+callbacks.rss.out_dir={probe}",
-           f"hydra.run.dir={out_dir / 'run'}"]
-    env = {**os.environ, **MALLOC_ENV, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    start = time.time()
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise RuntimeError(f"{strategy} run failed:\n{(result.stdout + result.stderr)[-3000:]}")
-    ranks = {}
-    for rank in (0, 1):
-        values = [float(v) for v in (probe / f"rss_rank{rank}.txt").read_text().split()]
-        ranks[rank] = statistics.median(values[len(values) // 2:])  # skip the warm-up steps
-    return {"rss_mb": ranks, "params": int((probe / "params.txt").read_text()), "wall_s": time.time() - start}
-
-
-def fsdp_memory(steps: int = 8, timeout: int = 1200) -> dict:
-    with tempfile.TemporaryDirectory(prefix="vistok-bench-") as tmp:
-        runs = {s: _train(s, Path(tmp) / s, steps, timeout) for s in ("ddp", "fsdp")}
-    ddp, fsdp = (max(runs[s]["rss_mb"].values()) for s in ("ddp", "fsdp"))
-    result = {"params": runs["fsdp"]["params"], "ddp_rss_mb": runs["ddp"]["rss_mb"],
-              "fsdp_rss_mb": runs["fsdp"]["rss_mb"], "fsdp_over_ddp": fsdp / ddp,
-              "wall_s": {s: round(r["wall_s"], 1) for s, r in runs.items()}}
-    print(f"fsdp_memory: {result['params'] / 1e6:.1f}M parameters, 2 ranks, steady-state RSS per rank (MB)")
-    for strategy in ("ddp", "fsdp"):
-        per_rank = ", ".join(f"rank {r}: {v:.0f}" for r, v in runs[strategy]["rss_mb"].items())
-        print(f"  {strategy:5s} {per_rank}   ({runs[strategy]['wall_s']:.0f} s)")
-    print(f"  FSDP / DDP = {result['fsdp_over_ddp']:.2f} (largest rank of each)")
-    return result
-
-
-BENCHMARKS = {"fsdp_memory": fsdp_memory}
+def run(names: list[str]) -> dict:
+    benchmarks, results = _benchmarks(), {}
+    for name in names:
+        if name == "data_pipeline" and "step_overhead" in results:  # headroom over what training consumes
+            results[name] = benchmarks[name](train_step_s=results["step_overhead"]["vistok_step_s"])
+        else:
+            results[name] = benchmarks[name]()
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", default=list(BENCHMARKS), help=f"any of {sorted(BENCHMARKS)}")
+    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help=f"leave out {', '.join(LONG)}")
     parser.add_argument("--json", dest="json_out", help="write the results as JSON here")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    unknown = sorted(set(args.names) - set(BENCHMARKS))
+    known = list(_benchmarks())
+    unknown = sorted(set(args.names) - set(known))
     if unknown:
-        parser.error(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
-    results = {name: BENCHMARKS[name]() for name in args.names}
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {known}")
+    names = args.names or [n for n in known if not (args.quick and n in LONG)]
+    results = run(names)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 0

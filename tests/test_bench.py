@@ -1,0 +1,32 @@
+"""The benchmark runner: names are checked, and each measurement returns the numbers it prints.
+
+Timings themselves are not asserted here (performance targets live in `python -m scripts.bench`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from scripts import bench
+
+
+def test_unknown_benchmark_is_an_error_naming_the_choices(capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.main(["no_such_bench"])
+    assert info.value.code == 2
+    assert "step_overhead" in capsys.readouterr().err
+
+
+def test_quantizer_adapter_measures_both_sides(tmp_path):
+    from scripts.benchmarks.quantizer import quantizer_adapter
+
+    result = quantizer_adapter(batch=2, tokens=4, dim=4, codebook_size=8, calls=1, rounds=1)
+    assert result["adapter_ms"] > 0 and result["direct_ms"] > 0
+    assert result["ratio"] == pytest.approx(result["adapter_ms"] / result["direct_ms"])
+
+
+def test_interleaved_timing_alternates_and_takes_medians():
+    from scripts.benchmarks.timing import interleaved
+
+    order = []
+    interleaved(lambda: order.append("a"), lambda: order.append("b"), calls=2, rounds=2, warmup=0)
+    assert order == ["a", "a", "b", "b", "a", "a", "b", "b"]
