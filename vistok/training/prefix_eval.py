@@ -1,0 +1,64 @@
+"""PSNR@k for flexible-length tokenizers: decode from the first k tokens, k = 1, 2, 4, ..., N.
+
+Metric names `psnr@<k>` (DESIGN.md). Evaluated on every validation batch, so the curve uses the same images
+as `psnr`; the PSNR-vs-k plot and the grid at increasing k are drawn from these (training/report.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vistok import dist
+from vistok.eval.recon import psnr_per_image
+from vistok.tokenizers.flex import powers_of_two
+
+
+def prefix_lengths(tokenizer: nn.Module) -> list[int]:
+    return powers_of_two(tokenizer.num_tokens)
+
+
+def applies(tokenizer: nn.Module) -> bool:
+    """Only tokenizers whose token order is meaningful (`ordered`) decode from a prefix."""
+    return bool(getattr(tokenizer, "ordered", False))
+
+
+@torch.no_grad()
+def decode_prefixes(tokenizer: nn.Module, images: torch.Tensor, ks: list[int]) -> dict[int, torch.Tensor]:
+    """{k: (B, 3, H, W) reconstruction from the first k tokens}, one encode for all k."""
+    full = tokenizer.encode(images, num_tokens=tokenizer.num_tokens)
+    recons = {}
+    for k in ks:
+        mask = torch.arange(tokenizer.num_tokens, device=images.device)[None, :].expand(images.shape[0], -1) < k
+        recons[k] = tokenizer.decode(full.embeddings, None if k == tokenizer.num_tokens else mask)
+    return recons
+
+
+class PrefixPSNR:
+    """Sums of per-image PSNR at each prefix length k, reduced across ranks in `compute`."""
+
+    def __init__(self, tokenizer: nn.Module):
+        self.tokenizer = tokenizer
+        self.ks = prefix_lengths(tokenizer)
+        self.sums = torch.zeros(len(self.ks) + 1, dtype=torch.float64)  # images, then one per k
+
+    def add(self, images: torch.Tensor) -> None:
+        """images (B, 3, H, W) of the valid rows."""
+        if images.shape[0] == 0:
+            return
+        recons = decode_prefixes(self.tokenizer, images, self.ks)
+        self.sums[0] += images.shape[0]
+        for i, k in enumerate(self.ks):
+            self.sums[i + 1] += float(psnr_per_image(images, recons[k]).sum())
+
+    def compute(self) -> dict[str, float]:
+        sums = dist.all_reduce_sum(self.sums.clone())
+        if not sums[0]:
+            return {}
+        return {f"psnr@{k}": float(sums[i + 1] / sums[0]) for i, k in enumerate(self.ks)}
+
+
+def curve(metrics: dict[str, float]) -> list[tuple[int, float]]:
+    """[(k, psnr@k)] sorted by k, from a metrics dict."""
+    points = [(int(name.split("@", 1)[1]), value) for name, value in metrics.items() if name.startswith("psnr@")]
+    return sorted(points)
