@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from vistok import dist
+from vistok.eval.jpeg import jpeg_points, token_bytes
 from vistok.eval.recon import psnr_per_image
 from vistok.tokenizers.flex import powers_of_two
 
@@ -35,27 +36,41 @@ def decode_prefixes(tokenizer: nn.Module, images: torch.Tensor, ks: list[int]) -
 
 
 class PrefixPSNR:
-    """Sums of per-image PSNR at each prefix length k, reduced across ranks in `compute`."""
+    """Sums of per-image PSNR at each prefix length k, reduced across ranks in `compute`.
+
+    Also `psnr_mean_image`: per-image PSNR of one fixed "dataset-mean image" (the mean of the first validation
+    batch), the floor a decoder that ignores its tokens reaches; a PSNR@k curve near it is flat for lack of
+    capacity, not because of the token order.
+    """
 
     def __init__(self, tokenizer: nn.Module):
         self.tokenizer = tokenizer
         self.ks = prefix_lengths(tokenizer)
-        self.sums = torch.zeros(len(self.ks) + 1, dtype=torch.float64)  # images, then one per k
+        self.sums = torch.zeros(len(self.ks) + 2, dtype=torch.float64)  # images, mean image, then one per k
+        self.mean_image: torch.Tensor | None = None  # (1, 3, H, W)
+        self.jpeg: dict[str, float] = {}  # exploratory codec baseline, from the first batch (rank 0's view)
 
     def add(self, images: torch.Tensor) -> None:
         """images (B, 3, H, W) of the valid rows."""
         if images.shape[0] == 0:
             return
         recons = decode_prefixes(self.tokenizer, images, self.ks)
+        if self.mean_image is None:
+            self.mean_image = images.float().mean(0, keepdim=True)
+            self.jpeg = jpeg_points(images)
         self.sums[0] += images.shape[0]
+        self.sums[1] += float(psnr_per_image(images, self.mean_image.expand_as(images)).sum())
         for i, k in enumerate(self.ks):
-            self.sums[i + 1] += float(psnr_per_image(images, recons[k]).sum())
+            self.sums[i + 2] += float(psnr_per_image(images, recons[k]).sum())
 
     def compute(self) -> dict[str, float]:
         sums = dist.all_reduce_sum(self.sums.clone())
         if not sums[0]:
             return {}
-        return {f"psnr@{k}": float(sums[i + 1] / sums[0]) for i, k in enumerate(self.ks)}
+        metrics = {f"psnr@{k}": float(sums[i + 2] / sums[0]) for i, k in enumerate(self.ks)}
+        metrics["psnr_mean_image"] = float(sums[1] / sums[0])
+        metrics["bytes@full"] = token_bytes(self.tokenizer.num_tokens, self.tokenizer.codebook_size)
+        return {**metrics, **self.jpeg}
 
 
 def curve(metrics: dict[str, float]) -> list[tuple[int, float]]:

@@ -88,7 +88,8 @@ def save_prefix_pictures(module, stage: str, images_dir: Path, loggers: list) ->
     points = prefix_eval.curve(module.val_metrics)
     pictures = {}
     if points:
-        pictures["psnr_vs_k"] = plot_psnr_vs_k(points, images_dir / f"psnr_vs_k_{stage}.png", title=f"PSNR@k ({stage})")
+        pictures["psnr_vs_k"] = plot_psnr_vs_k(points, images_dir / f"psnr_vs_k_{stage}.png", title=f"PSNR@k ({stage})",
+                                               baseline=module.val_metrics.get("psnr_mean_image"))
     tokenizer = module.tokenizer
     device = next(tokenizer.parameters()).device
     was_training = tokenizer.training
