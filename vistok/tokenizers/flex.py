@@ -122,6 +122,8 @@ class FlexTokenizer(Tokenizer):
         mask = None if keep is None or bool((keep == self.num_tokens).all()) else prefix_mask(keep, self.num_tokens)
         indices = q.indices if q.indices.dim() == 3 else q.indices.unsqueeze(-1)  # (B, N, 1)
         losses = {f"quant/{name}": value for name, value in q.losses.items()}
+        if self.training and hasattr(self.decoder, "loss"):  # a flow decoder: its flow-matching term
+            losses["flow/velocity"] = self.decoder.loss(*self._decoder_inputs(q.quantized, mask), images)
         return TokenizerOutput(indices=indices, embeddings=q.quantized, mask=mask, losses=losses)
 
     def decode(self, embeddings: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,12 +132,15 @@ class FlexTokenizer(Tokenizer):
         Nested: dropped positions hold the mask token (the decoder reads N positions, as trained).
         Tail / none: dropped positions are masked out of attention (the decoder sees a shorter sequence).
         """
+        return self.decoder(*self._decoder_inputs(embeddings, mask))
+
+    def _decoder_inputs(self, embeddings: torch.Tensor, mask: torch.Tensor | None):
+        """(tokens (B, N, D), key mask (B, N) or None) as the decoder reads them."""
         if mask is None:
-            return self.decoder(embeddings, None)
+            return embeddings, None
         if self.mask_token is not None:
-            filled = torch.where(mask[..., None], embeddings, self.mask_token.to(embeddings.dtype))
-            return self.decoder(filled, None)
-        return self.decoder(embeddings, mask)
+            return torch.where(mask[..., None], embeddings, self.mask_token.to(embeddings.dtype)), None
+        return embeddings, mask
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, N, 1) or (B, N) ids -> (B, N, D) embeddings."""
