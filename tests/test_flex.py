@@ -227,3 +227,19 @@ def test_flow_decoder_trains_by_flow_matching_and_samples_with_euler_steps():
         a, b = tok.decode(out.embeddings, out.mask), tok.decode(out.embeddings, out.mask)
         assert a.shape == images().shape and torch.equal(a, b)  # seeded sampling: reproducible eval
         assert not torch.allclose(a, tok.decoder.body(*tok._decoder_inputs(out.embeddings, out.mask)))
+
+
+def test_visual_inputs_take_a_prefix_of_ordered_tokens_and_pool_a_grid():
+    """TokenFLEX budgets in the joint module: flex tokenizers give a prefix, 2-D grids are pooled."""
+    from types import SimpleNamespace
+
+    from vistok.training.module import VistokModule
+
+    proj = SwiGLUProjector(D, 24)
+    emb = torch.randn(2, 64, D)
+    out = SimpleNamespace(embeddings=emb, indices=torch.zeros(2, 64, 1, dtype=torch.long))
+    flex = SimpleNamespace(llm_input="embeddings", projector=proj, tokenizer=SimpleNamespace(ordered=True))
+    grid = SimpleNamespace(llm_input="embeddings", projector=proj, tokenizer=SimpleNamespace())
+    assert torch.equal(VistokModule.visual_inputs(flex, out, 16), proj(emb[:, :16]))
+    assert torch.equal(VistokModule.visual_inputs(grid, out, 16), proj(emb, num_tokens=16))
+    assert VistokModule.visual_inputs(grid, out, None).shape == (2, 64, 24)
