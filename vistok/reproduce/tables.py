@@ -222,8 +222,8 @@ def _metric_gap(metric: str, a: str, b: str, at_least: float, unit: str = "dB") 
 
 def _above_mean_image(arm: str, metric: str, at_least: float) -> Trend:
     def check(m):
-        gap = m[arm][metric] - m[arm]["psnr_mean_image"]
-        return gap >= at_least, f"{metric} {m[arm][metric]:.2f} - mean image {m[arm]['psnr_mean_image']:.2f} = {gap:+.2f} dB"
+        value, floor = m[arm][metric], m[arm]["psnr_mean_image"]
+        return value - floor >= at_least, f"{metric} {value:.2f} - mean image {floor:.2f} = {value - floor:+.2f} dB"
 
     return Trend(f"{arm}: {metric} >= dataset-mean image + {at_least:g} dB (capacity)", check, (arm,))
 
