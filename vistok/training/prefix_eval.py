@@ -49,13 +49,17 @@ class PrefixPSNR:
         self.sums = torch.zeros(len(self.ks) + 2, dtype=torch.float64)  # images, mean image, then one per k
         self.mean_image: torch.Tensor | None = None  # (1, 3, H, W)
         self.jpeg: dict[str, float] = {}  # exploratory codec baseline, from the first batch (rank 0's view)
+        # inputs and reconstructions at every k of the first batch's first 8 images, for the picture: made
+        # here, on every rank, because a forward on rank 0 alone would hang a sharded (FSDP2) tokenizer
+        self.preview: dict[str, torch.Tensor] = {}
 
     def add(self, images: torch.Tensor) -> None:
-        """images (B, 3, H, W) of the valid rows."""
+        """images (B, 3, H, W) of the valid rows. Every rank runs the forwards, even with B = 0 (collectives)."""
+        recons = decode_prefixes(self.tokenizer, images, self.ks)
         if images.shape[0] == 0:
             return
-        recons = decode_prefixes(self.tokenizer, images, self.ks)
         if self.mean_image is None:
+            self.preview = {"images": images[:8].cpu(), **{f"k{k}": r[:8].cpu() for k, r in recons.items()}}
             self.mean_image = images.float().mean(0, keepdim=True)
             self.jpeg = jpeg_points(images)
         self.sums[0] += images.shape[0]
