@@ -122,7 +122,8 @@ class FlexTokenizer(Tokenizer):
         mask = None if keep is None or bool((keep == self.num_tokens).all()) else prefix_mask(keep, self.num_tokens)
         indices = q.indices if q.indices.dim() == 3 else q.indices.unsqueeze(-1)  # (B, N, 1)
         losses = {f"quant/{name}": value for name, value in q.losses.items()}
-        if self.training and hasattr(self.decoder, "loss"):  # a flow decoder: its flow-matching term
+        if hasattr(self.decoder, "loss") and self.decoder.training and torch.is_grad_enabled():
+            # a flow decoder being trained: its flow-matching term (weighted on the training side)
             losses["flow/velocity"] = self.decoder.loss(*self._decoder_inputs(q.quantized, mask), images)
         return TokenizerOutput(indices=indices, embeddings=q.quantized, mask=mask, losses=losses)
 
