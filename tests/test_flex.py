@@ -243,3 +243,20 @@ def test_visual_inputs_take_a_prefix_of_ordered_tokens_and_pool_a_grid():
     assert torch.equal(VistokModule.visual_inputs(flex, out, 16), proj(emb[:, :16]))
     assert torch.equal(VistokModule.visual_inputs(grid, out, 16), proj(emb, num_tokens=16))
     assert VistokModule.visual_inputs(grid, out, None).shape == (2, 64, 24)
+
+
+def test_budget_misconfigurations_fail_at_construction():
+    from types import SimpleNamespace
+
+    from vistok.models.connector import MLPProjector
+    from vistok.training.budgets import check_budgets
+
+    flex, grid = SimpleNamespace(ordered=True, num_tokens=32), SimpleNamespace()
+    check_budgets([8, 32], flex, None, "indices")
+    check_budgets([4, 64], grid, SwiGLUProjector(D, 8), "embeddings")
+    with pytest.raises(ValueError, match="exceed"):
+        check_budgets([64], flex, None, "embeddings")
+    with pytest.raises(ValueError, match="pooling projector"):
+        check_budgets([4], grid, MLPProjector(D, 8), "embeddings")
+    with pytest.raises(ValueError, match="llm_input"):
+        check_budgets([4], grid, SwiGLUProjector(D, 8), "indices")

@@ -18,7 +18,7 @@ from torch import nn
 from vistok.losses.gan import LeCAM, hinge_d_loss
 from vistok.losses.recon import TokenizerLoss
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput
-from vistok.training.budgets import TokenBudgetSampler
+from vistok.training.budgets import TokenBudgetSampler, check_budgets
 from vistok.training.evaluation import UsageWindow, ValidationAccumulator
 from vistok.training.stages import Stage
 
@@ -56,8 +56,12 @@ class VistokModule(L.LightningModule):
                  nan_policy: str = "raise", max_nan_skips: int = 10, token_budgets: list[int] | None = None,
                  budget_probs: list[float] | None = None, eval_token_budgets: list[int] | None = None):
         super().__init__()
-        self.budgets = TokenBudgetSampler(token_budgets, budget_probs) if token_budgets else None
+        self.budgets = None  # TokenFLEX: a budget per training batch, seeded from the run's seed
+        if token_budgets:
+            self.budgets = TokenBudgetSampler(token_budgets, budget_probs, torch.initial_seed())
         self.eval_token_budgets = [int(n) for n in eval_token_budgets or []]
+        if llm is not None and (token_budgets or eval_token_budgets):
+            check_budgets([*(token_budgets or []), *self.eval_token_budgets], tokenizer, projector, llm_input)
         if nan_policy not in ("raise", "skip"):
             raise ValueError(f"nan_policy must be 'raise' or 'skip', got '{nan_policy}'")
         self.nan_policy, self.max_nan_skips, self.nan_skips = nan_policy, max_nan_skips, 0
