@@ -96,8 +96,8 @@ def test_training_draws_per_sample_k_for_nested_and_one_length_per_batch_for_tai
     torch.manual_seed(0)
     nested, tail, none = make("nested").train(), make("tail").train(), make("none").train()
     x = images(32)
-    kept = torch.cat([(nested.encode(x).mask.sum(1) if nested.encode(x).mask is not None
-                       else torch.full((32,), N)) for _ in range(4)])
+    masks = [nested.encode(x).mask for _ in range(4)]
+    kept = torch.cat([torch.full((32,), N) if m is None else m.sum(1) for m in masks])
     assert set(kept.tolist()) <= set(powers_of_two(N)) and len(set(kept.tolist())) > 2
     for _ in range(5):
         mask = tail.encode(x).mask
