@@ -87,6 +87,8 @@ class FlexTokenizer(Tokenizer):
         self.num_tokens, self.embed_dim = num_tokens, quantizer.dim
         self.dropout, self.sampling = dropout, sampling
         self.codebook_sizes = (quantizer.codebook_size,)
+        patch = getattr(getattr(encoder, "patch_embed", None), "kernel_size", (None,))[0]
+        self.resolution = encoder.grid * patch if patch else None  # image side H = W (scripts.evaluate reads it)
         if dropout == "nested":
             # FlexTok's one learned mask token (1, 1, D), in the quantized space the decoder reads. It lives
             # on the decoder so that training's "decoder" parameter group updates (and freezes) it.
