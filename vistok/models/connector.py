@@ -84,8 +84,10 @@ class SwiGLUProjector(nn.Module):
         self.w3 = nn.Linear(in_dim, hidden_dim)
         self.w2 = nn.Linear(hidden_dim, out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, N, in_dim) -> (B, N', out_dim), N' = pool_tokens or N."""
-        if self.pool_tokens is not None:
-            x = pool_tokens(x, self.pool_tokens)
+    def forward(self, x: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
+        """Maps (B, N, in_dim) -> (B, N', out_dim), N' = num_tokens (a per-call budget, TokenFLEX), else
+        pool_tokens, else N. The gate (W1) can pick different features at each pooled scale."""
+        num_tokens = num_tokens or self.pool_tokens
+        if num_tokens is not None:
+            x = pool_tokens(x, num_tokens)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))

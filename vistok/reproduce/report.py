@@ -56,13 +56,16 @@ def write(out: Path, table: Table, markdown: str, means: dict, stds: dict, verdi
 
 
 def plot(out: Path, table: Table, means: dict, stds: dict) -> Path:
-    """Attribute (and mark) accuracy against PSNR per row: the trade-off at a glance."""
+    """Attribute (and mark) accuracy against PSNR per row: the trade-off at a glance. Tables of
+    flexible-length tokenizers (psnr@<k> columns) plot PSNR against k per row instead."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    if any(m.startswith("psnr@") for m in table.ours):
+        return _plot_psnr_vs_k(out, table, means, stds, fig, ax, plt)
     for i, row in enumerate(table.rows):
         m, s = means[row.experiment], stds[row.experiment]
         for metric, marker in (("attribute_accuracy", "o"), ("attribute_accuracy/mark", "^")):
@@ -72,6 +75,27 @@ def plot(out: Path, table: Table, means: dict, stds: dict) -> Path:
                             label=f"{row.label} ({'mark' if 'mark' in metric else 'all slots'})")
     ax.set_xlabel("PSNR (dB)")
     ax.set_ylabel("caption attribute accuracy (%)")
+    ax.set_title(table.name)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = out / f"{table.name}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_psnr_vs_k(out: Path, table: Table, means: dict, stds: dict, fig, ax, plt) -> Path:
+    ks = sorted(int(m.split("@")[1]) for m in table.ours if m.startswith("psnr@"))
+    for i, row in enumerate(table.rows):
+        m, s = means[row.experiment], stds[row.experiment]
+        points = [k for k in ks if f"psnr@{k}" in m]
+        ax.errorbar(points, [m[f"psnr@{k}"] for k in points], yerr=[s[f"psnr@{k}"] for k in points], marker="o",
+                    color=f"C{i}", capsize=3, label=row.label)
+        if "psnr_mean_image" in m and i == 0:
+            ax.axhline(m["psnr_mean_image"], linestyle="--", color="grey", label="dataset-mean image")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens kept (k)")
+    ax.set_ylabel("PSNR (dB)")
     ax.set_title(table.name)
     ax.legend(fontsize=6)
     fig.tight_layout()

@@ -192,3 +192,108 @@ TABLES["instella_bits"] = Table(
     stages=("tokenizer",),
     scale_overrides={"smoke": ["debug=tiny"], "mini": [], "paper": []},
 )
+
+
+# ---- flexible-length tokenizers and TokenFLEX budgets (METHODS.md 5, 6, 8, 11.3, 11.5) -------------------
+FLEX_KS = [1, 2, 4, 8, 16, 32]
+FLEX_FULL = f"psnr@{FLEX_KS[-1]}"
+
+
+def _never_falls(arm: str, ks: list[int], tolerance: float) -> Trend:
+    """psnr@k never falls by more than `tolerance` dB as k doubles."""
+
+    def check(m):
+        values = [m[arm][f"psnr@{k}"] for k in ks]
+        steps = [b - a for a, b in zip(values, values[1:])]
+        return min(steps) >= -tolerance, "steps " + ", ".join(f"{s:+.2f}" for s in steps)
+
+    return Trend(f"{arm}: psnr@k never falls by more than {tolerance:g} dB as k doubles", check, (arm,))
+
+
+def _metric_gap(metric: str, a: str, b: str, at_least: float, unit: str = "dB") -> Trend:
+    """mean[a][metric] - mean[b][metric] >= at_least (a negative bound = 'at most that much worse')."""
+
+    def check(m):
+        gap = m[a][metric] - m[b][metric]
+        return gap >= at_least, f"{a} - {b} = {gap:+.2f} {unit}"
+
+    return Trend(f"{metric}: {a} - {b} >= {at_least:+g} {unit}", check, (a, b))
+
+
+def _above_mean_image(arm: str, metric: str, at_least: float) -> Trend:
+    def check(m):
+        value, floor = m[arm][metric], m[arm]["psnr_mean_image"]
+        return value - floor >= at_least, f"{metric} {value:.2f} - mean image {floor:.2f} = {value - floor:+.2f} dB"
+
+    return Trend(f"{arm}: {metric} >= dataset-mean image + {at_least:g} dB (capacity)", check, (arm,))
+
+
+def _within_best(budgets: list[int], arm: str, fixed: list[str], points: float) -> Trend:
+    """At every budget n, caption_token_accuracy@n of `arm` >= the best fixed-budget arm's - `points`."""
+
+    def check(m):
+        gaps = {n: 100 * (m[arm][f"caption_token_accuracy@{n}"]
+                          - max(m[f][f"caption_token_accuracy@{n}"] for f in fixed)) for n in budgets}
+        return min(gaps.values()) >= -points, ", ".join(f"@{n}: {g:+.2f}" for n, g in gaps.items())
+
+    return Trend(f"{arm} within {points:g} pt of the best fixed-budget arm at every budget", check, (arm, *fixed))
+
+
+FLEX_TOKENIZER_ONLY = dict(base_experiment="flex_mini", paper_base="flextok_paper", stages=("tokenizer",),
+                           scale_overrides={"smoke": ["debug=tiny"], "mini": [], "paper": []})
+TABLES["flextok_k"] = Table(
+    name="flextok_k",
+    title="FlexTok - nested dropout vs none: PSNR@k from the first k of 32 tokens",
+    rows=[
+        Row("no dropout (control; tail masked out of attention)", "flex_mini_nodrop", ["tokenizer.dropout=none"],
+            shared=()),
+        Row("nested dropout, k ~ pow2, learned mask token", "flex_mini", ["tokenizer.dropout=nested"], shared=()),
+    ],
+    ours=[*(f"psnr@{k}" for k in FLEX_KS), "psnr_mean_image"],
+    paper_columns=[],  # the paper reports rFID against k on ImageNet, not comparable with PSNR on shapes
+    trends=[
+        _never_falls("flex_mini", FLEX_KS, 0.1),
+        _metric_gap("psnr@4", "flex_mini", "flex_mini_nodrop", 2.0),
+        _metric_gap(FLEX_FULL, "flex_mini", "flex_mini_nodrop", -1.5),
+        _above_mean_image("flex_mini", FLEX_FULL, 3.0),
+    ],
+    **FLEX_TOKENIZER_ONLY,
+)
+TABLES["onedpiece_k"] = Table(
+    name="onedpiece_k",
+    title="One-D-Piece - tail-token truncation vs fixed length: PSNR@k, and bytes against Pillow JPEG (exploratory)",
+    rows=[
+        Row("fixed length 32 (TiTok)", "flex_mini_nodrop", ["tokenizer.dropout=none"], shared=()),
+        Row("tail token drop, L ~ U{1..32} per batch", "flex_mini_tail", ["tokenizer.dropout=tail"], shared=()),
+    ],
+    ours=[*(f"psnr@{k}" for k in FLEX_KS), "bytes@full", "jpeg_bytes@q1", "jpeg_psnr@q1", "jpeg_bytes@q10",
+          "jpeg_psnr@q10"],
+    paper_columns=[],
+    trends=[
+        _never_falls("flex_mini_tail", FLEX_KS, 0.1),
+        # METHODS.md 11.3 asks for >= -0.5 dB; the prototype measured -3.6 dB (11.5), reported as it comes.
+        _metric_gap(FLEX_FULL, "flex_mini_tail", "flex_mini_nodrop", -0.5),
+    ],
+    **FLEX_TOKENIZER_ONLY,
+)
+TOKENFLEX_BUDGETS = [4, 16, 64]
+TOKENFLEX_FIXED = [f"tokenflex_mini_fixed{n}" for n in TOKENFLEX_BUDGETS]
+TABLES["tokenflex_budget"] = Table(
+    name="tokenflex_budget",
+    title="TokenFLEX - fixed-budget LLMs vs stochastic budgets (2:3:5), each scored at every budget",
+    rows=[
+        *(Row(f"fixed {n} tokens", f"tokenflex_mini_fixed{n}", [f"module.token_budgets=[{n}]"],
+              shared=("tokenizer",)) for n in TOKENFLEX_BUDGETS),
+        Row("stochastic {4, 16, 64} @ {0.2, 0.3, 0.5}", "tokenflex_mini", [], shared=("tokenizer",),
+            paper={"64 tok": 58.7, "144 tok": 60.0, "256 tok": 60.7}),
+    ],
+    ours=[f"caption_token_accuracy@{n}" for n in TOKENFLEX_BUDGETS],
+    paper_columns=["64 tok", "144 tok", "256 tok"],  # OpenCompass average (S); fixed-N models 57.5 / 58.6 / 60.6
+    trends=[
+        _within_best(TOKENFLEX_BUDGETS, "tokenflex_mini", TOKENFLEX_FIXED, 1.0),
+        _gap("caption_token_accuracy@4", "tokenflex_mini", "tokenflex_mini_fixed64", 3.0),
+    ],
+    base_experiment="tokenflex_mini",
+    paper_base="ett_paper",
+    stages=("tokenizer", "align"),
+)

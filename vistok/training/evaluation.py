@@ -14,6 +14,9 @@ from vistok.data.generated import SLOTS, parse_caption
 from vistok.eval.bits import bit_counts, bit_entropy
 from vistok.eval.recon import psnr_per_image, ssim_per_image
 from vistok.eval.tokens import code_histogram, codebook_stats
+from vistok.training import prefix_eval
+from vistok.training.budgets import BudgetAccuracy
+from vistok.training.prefix_eval import PrefixPSNR
 
 
 @dataclass
@@ -33,6 +36,9 @@ class ValidationAccumulator:
     samples: list[SampleCaption] = field(default_factory=list)
     tokenizer: nn.Module | None = field(default=None, repr=False)  # given: family metrics (BitMetrics.applies)
     bits: BitMetrics | None = field(init=False, default=None)
+    prefix: PrefixPSNR | None = field(init=False, default=None)  # flexible-length: psnr@k
+    token_budgets: list[int] = field(default_factory=list)  # TokenFLEX: caption metrics per visual-token budget
+    budget_accuracy: BudgetAccuracy = field(init=False)
 
     # Every rank reduces the same keys in the same order, even a rank that saw no batch.
     KEYS = ("images", "psnr", "ssim", "caption_tokens", "caption_nll", "caption_correct", "captions",
@@ -43,6 +49,9 @@ class ValidationAccumulator:
         self.histogram = torch.zeros(self.codebook_size, dtype=torch.float64)
         if self.tokenizer is not None and BitMetrics.applies(self.tokenizer):
             self.bits = BitMetrics(self.tokenizer)
+        self.budget_accuracy = BudgetAccuracy(self.token_budgets)
+        if self.tokenizer is not None and prefix_eval.applies(self.tokenizer):
+            self.prefix = PrefixPSNR(self.tokenizer)
 
     def add(self, name: str, value: float) -> None:
         self.sums[name] += float(value)
@@ -54,6 +63,8 @@ class ValidationAccumulator:
         self.histogram += code_histogram(indices.cpu(), self.codebook_size)
         if self.bits is not None:
             self.bits.add(images, indices, psnr_per_image(images, recon))
+        if self.prefix is not None:
+            self.prefix.add(images)
 
     def add_captions(self, keys: list[str], references: list[str], generated: list[str], keep: int) -> None:
         for key, ref, gen in zip(keys, references, generated):
@@ -82,6 +93,9 @@ class ValidationAccumulator:
             metrics.update(codebook_stats(histogram))
         if self.bits is not None:
             metrics.update(self.bits.compute())
+        if self.prefix is not None:
+            metrics.update(self.prefix.compute())
+        metrics.update(self.budget_accuracy.compute())
         if sums.get("caption_tokens"):
             metrics["caption_loss"] = sums["caption_nll"] / sums["caption_tokens"]
             metrics["caption_token_accuracy"] = sums["caption_correct"] / sums["caption_tokens"]

@@ -18,6 +18,7 @@ from torch import nn
 from vistok.losses.gan import LeCAM, hinge_d_loss
 from vistok.losses.recon import TokenizerLoss
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput
+from vistok.training.budgets import TokenBudgetSampler, check_budgets
 from vistok.training.evaluation import UsageWindow, ValidationAccumulator
 from vistok.training.stages import Stage
 
@@ -43,14 +44,24 @@ class VistokModule(L.LightningModule):
         num_sample_captions: greedy captions kept per validation pass for inspection.
         nan_policy: "raise" stops at the first non-finite loss (naming the step and the loss terms);
             "skip" drops that batch without an update and counts it (up to `max_nan_skips`, then raises).
+        token_budgets: TokenFLEX: visual-token counts the LLM reads, one drawn per training batch
+            (None = all tokens); `budget_probs` their probabilities (uniform when None).
+        eval_token_budgets: budgets at which validation also scores captions (`caption_token_accuracy@<n>`).
     """
 
     def __init__(self, tokenizer: Tokenizer, loss: TokenizerLoss, optimizer: Callable, llm: nn.Module | None = None,
                  projector: nn.Module | None = None, llm_input: str = "embeddings",
                  discriminator: nn.Module | None = None, lecam_weight: float = 0.0, grad_clip: float = 1.0,
                  max_caption_tokens: int = 24, usage_window: int = 100, num_sample_captions: int = 8,
-                 nan_policy: str = "raise", max_nan_skips: int = 10):
+                 nan_policy: str = "raise", max_nan_skips: int = 10, token_budgets: list[int] | None = None,
+                 budget_probs: list[float] | None = None, eval_token_budgets: list[int] | None = None):
         super().__init__()
+        self.budgets = None  # TokenFLEX: a budget per training batch, seeded from the run's seed
+        if token_budgets:
+            self.budgets = TokenBudgetSampler(token_budgets, budget_probs, torch.initial_seed())
+        self.eval_token_budgets = [int(n) for n in eval_token_budgets or []]
+        if llm is not None and (token_budgets or eval_token_budgets):
+            check_budgets([*(token_budgets or []), *self.eval_token_budgets], tokenizer, projector, llm_input)
         if nan_policy not in ("raise", "skip"):
             raise ValueError(f"nan_policy must be 'raise' or 'skip', got '{nan_policy}'")
         self.nan_policy, self.max_nan_skips, self.nan_skips = nan_policy, max_nan_skips, 0
@@ -138,18 +149,23 @@ class VistokModule(L.LightningModule):
         return schs if isinstance(schs, list) else [schs]
 
     # ---- forward pieces -----------------------------------------------------------------------
-    def visual_inputs(self, out: TokenizerOutput) -> torch.Tensor:
-        """Tokenizer output -> LLM input embeddings (B, N, hidden)."""
+    def visual_inputs(self, out: TokenizerOutput, budget: int | None = None) -> torch.Tensor:
+        """Tokenizer output -> LLM input embeddings (B, N', hidden); N' = `budget` tokens when given (TokenFLEX):
+        the first N' of an ordered (flex) tokenizer, else the projector pools the grid to N'."""
+        prefix = budget is not None and getattr(self.tokenizer, "ordered", False)
         if self.llm_input == "indices":
-            return self.llm.embed_visual_ids(out.indices[..., 0])
-        return self.projector(out.embeddings)
+            return self.llm.embed_visual_ids(out.indices[:, :budget, 0] if prefix else out.indices[..., 0])
+        if budget is None or prefix:
+            return self.projector(out.embeddings[:, :budget])
+        return self.projector(out.embeddings, num_tokens=budget)
 
-    def caption_forward(self, out: TokenizerOutput, captions: list[str], valid: torch.Tensor | None = None):
+    def caption_forward(self, out: TokenizerOutput, captions: list[str], valid: torch.Tensor | None = None,
+                        budget: int | None = None):
         """Caption loss; rows with `valid` False (B,) have no labelled tokens (padding rows)."""
         ids, attention = self.llm.tokenize_captions(captions, self.max_caption_tokens)
         if valid is not None:
             attention = attention & valid.to(attention.device)[:, None]
-        return self.llm(self.visual_inputs(out), ids, attention)
+        return self.llm(self.visual_inputs(out, budget), ids, attention)
 
     def _gan_active(self) -> bool:
         stage = self.stage
@@ -173,7 +189,8 @@ class VistokModule(L.LightningModule):
             logs.update({f"train/tok/{k}": v for k, v in terms.items()})
             logs["train/tokenizer_loss"] = tok_loss.detach()
         if self.llm is not None and stage.caption_weight > 0:
-            caption = self.caption_forward(out, batch["caption"])
+            budget = self.budgets.sample() if self.budgets is not None else None
+            caption = self.caption_forward(out, batch["caption"], budget=budget)
             total = total + stage.caption_weight * caption.loss
             logs["train/caption_loss"] = caption.loss.detach()
         if not self._finite(total, logs):
@@ -249,7 +266,8 @@ class VistokModule(L.LightningModule):
 
     # ---- validation ---------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val = ValidationAccumulator(self.tokenizer.codebook_size, tokenizer=self.tokenizer)
+        self._val = ValidationAccumulator(self.tokenizer.codebook_size, tokenizer=self.tokenizer,
+                                          token_budgets=self.eval_token_budgets)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Every rank runs the same number of full-batch forwards (collectives inside FSDP and synced
@@ -270,6 +288,9 @@ class VistokModule(L.LightningModule):
             self._val.add("caption_tokens", count)
             self._val.add("caption_correct", correct)
             self._val.add("caption_nll", caption.loss.detach() * count)
+        for budget in self.eval_token_budgets:  # TokenFLEX: the same captions at every token budget
+            scored = self.caption_forward(out, batch["caption"], valid, budget=budget)
+            self._val.budget_accuracy.add(budget, *self.llm.token_accuracy(scored), scored.loss.detach())
         generated = self.llm.generate_captions(self.visual_inputs(out), max_new_tokens=self.max_caption_tokens)
         rows = keep.tolist()
         self._val.add_captions([batch["key"][i] for i in rows], [batch["caption"][i] for i in rows],

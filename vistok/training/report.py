@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from vistok.eval.images import image_grid
+from vistok.training import prefix_eval
 
 
 class RunReport:
@@ -57,6 +58,8 @@ def save_stage_pictures(module, stage: str, out_dir: Path, loggers: list) -> Non
     images_dir.mkdir(parents=True, exist_ok=True)
     grid = image_grid([preview["images"], preview["recon"]])
     grid.save(images_dir / f"recon_{stage}.png")
+    if prefix_eval.applies(module.tokenizer):
+        save_prefix_pictures(module, stage, images_dir, loggers)
     samples = getattr(module, "val_samples", [])
     if samples:
         caption_grid = image_grid([preview["caption_images"][: len(samples)]])
@@ -75,3 +78,24 @@ def _append_captions(path: Path, stage: str, samples: list) -> None:
     data[stage] = [{"key": s.key, "reference": s.reference, "generated": s.generated,
                     "image": f"images/captions_{stage}.png", "column": i} for i, s in enumerate(samples)]
     path.write_text(json.dumps(data, indent=2))
+
+
+def save_prefix_pictures(module, stage: str, images_dir: Path, loggers: list) -> None:
+    """Flexible-length tokenizers: images/psnr_vs_k_<stage>.png (from the stage's psnr@k) and
+    images/prefix_<stage>.png (the preview images decoded from k = 1, 2, 4, ..., N tokens)."""
+    from vistok.eval.prefix_plots import plot_psnr_vs_k, prefix_grid
+
+    points = prefix_eval.curve(module.val_metrics)
+    pictures = {}
+    if points:
+        pictures["psnr_vs_k"] = plot_psnr_vs_k(points, images_dir / f"psnr_vs_k_{stage}.png", title=f"PSNR@k ({stage})",
+                                               baseline=module.val_metrics.get("psnr_mean_image"))
+    prefix = getattr(getattr(module, "_val", None), "prefix", None)  # this stage's validation accumulator
+    if prefix is not None and prefix.preview:
+        recons = {int(key[1:]): value for key, value in prefix.preview.items() if key.startswith("k")}
+        prefix_grid(prefix.preview["images"], recons).save(images_dir / f"prefix_{stage}.png")
+        pictures["prefix"] = images_dir / f"prefix_{stage}.png"
+    for logger in loggers:
+        if hasattr(logger, "log_image"):
+            for key, path in pictures.items():
+                logger.log_image(key=f"{key}/{stage}", images=[str(path)])

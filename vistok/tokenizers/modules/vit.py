@@ -250,14 +250,20 @@ class LatentTokenDecoder(nn.Module):
         self.norm = make_norm(norm, width)
         self.to_pixels = nn.Linear(width, 3 * patch_size**2)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, N, in_dim), mask (B, N) bool (True = real token, others are ignored) -> (B, 3, H, W)."""
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None,
+                patch_extra: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, in_dim), mask (B, N) bool (True = real token, others are ignored) -> (B, 3, H, W).
+
+        patch_extra: (B, P0, width) added to the patch tokens (a flow decoder's noisy image and timestep).
+        """
         b, n = tokens.shape[:2]
         if n != self.num_tokens:
             raise ValueError(f"the decoder reads {self.num_tokens} tokens, got {n}")
         grid = self.start_grid
         latent = _add(self.token_in(tokens), self.token_pos)  # (B, N, C)
         patches = _add(self.mask_token.expand(b, grid**2, -1), self.patch_pos)  # (B, P0, C)
+        if patch_extra is not None:
+            patches = patches + patch_extra
         x = torch.cat([patches, latent], dim=1)
         rope = self.positions.rope(n, grid, tokens.device)
         for i, block in enumerate(self.blocks):

@@ -1,0 +1,152 @@
+"""The `flex` family: ordered 1-D tokens whose first k already decode to an image (METHODS.md 5, 6).
+
+Same ViT latent-token encoder / decoder as `binary1d`; what differs is how training teaches the order:
+- "nested" (FlexTok): per sample, keep the first k tokens and replace the rest with one learned mask token;
+  the decoder always reads N positions.
+- "tail" (One-D-Piece): one length L ~ U{1..N} per batch; the decoder sees only the first L tokens
+  (the tail is masked out of attention, which is the truncated sequence with sliced positions).
+- "none": the fixed-length control.
+Prefixes are expressed by `TokenizerOutput.mask` (B, N), True = kept: never by ragged lists.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vistok.tokenizers.base import Tokenizer, TokenizerOutput
+from vistok.tokenizers.quantizers.base import Quantizer
+
+DROPOUTS = ("nested", "tail", "none")
+SAMPLINGS = ("uniform", "pow2", "uniform_pow2")
+
+
+def powers_of_two(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, with n itself last even when it is not a power of two."""
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return ks + [n]
+
+
+def sample_keep(batch: int, n: int, sampling: str, generator: torch.Generator | None = None,
+                device: torch.device | None = None) -> torch.Tensor:
+    """Tokens kept per sample, (B,) int64 in [1, n].
+
+    "uniform": k ~ U{1..n}; "pow2": k uniform over {1, 2, 4, ..., n}; "uniform_pow2": each sample flips a
+    fair coin between the two (the FlexTok code's modes; pow2 keeps tail tokens from being starved).
+    """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got '{sampling}'")
+    uniform = torch.randint(1, n + 1, (batch,), generator=generator)
+    pows = torch.tensor(powers_of_two(n))
+    pow2 = pows[torch.randint(len(pows), (batch,), generator=generator)]
+    if sampling == "uniform":
+        keep = uniform
+    elif sampling == "pow2":
+        keep = pow2
+    else:
+        keep = torch.where(torch.rand(batch, generator=generator) < 0.5, uniform, pow2)
+    return keep.to(device)
+
+
+def prefix_mask(keep: torch.Tensor, n: int) -> torch.Tensor:
+    """(B,) kept counts -> (B, N) bool, True on the first keep[b] positions."""
+    return torch.arange(n, device=keep.device)[None, :] < keep[:, None]
+
+
+class FlexTokenizer(Tokenizer):
+    """Images <-> N ordered tokens; decode from any prefix.
+
+    Args:
+        encoder: (B, 3, H, W) -> (B, N, D), e.g. `modules.vit.LatentTokenEncoder`.
+        quantizer: a `Quantizer` over D-dim tokens (FSQ in FlexTok, VQ in One-D-Piece).
+        decoder: (B, N, D), key mask -> (B, 3, H, W), e.g. `modules.vit.LatentTokenDecoder`.
+        num_tokens: N.
+        embed_dim: D, checked against the quantizer.
+        dropout: "nested" | "tail" | "none" (module docstring).
+        sampling: how nested dropout draws k per sample ("uniform", "pow2", "uniform_pow2").
+    """
+
+    ordered = True  # the LLM may read a prefix of the tokens as a smaller token budget (TokenFLEX)
+
+    def __init__(self, encoder: nn.Module, quantizer: Quantizer, decoder: nn.Module, num_tokens: int,
+                 embed_dim: int | None = None, dropout: str = "nested", sampling: str = "pow2"):
+        super().__init__()
+        if dropout not in DROPOUTS:
+            raise ValueError(f"dropout must be one of {DROPOUTS}, got '{dropout}'")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got '{sampling}'")
+        if embed_dim is not None and embed_dim != quantizer.dim:
+            raise ValueError(f"embed_dim {embed_dim} does not match the quantizer's dim {quantizer.dim}")
+        for part in (encoder, decoder):
+            if getattr(part, "num_tokens", num_tokens) != num_tokens:
+                raise ValueError(f"num_tokens {num_tokens} does not match {type(part).__name__}'s {part.num_tokens}")
+        self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
+        self.num_tokens, self.embed_dim = num_tokens, quantizer.dim
+        self.dropout, self.sampling = dropout, sampling
+        self.codebook_sizes = (quantizer.codebook_size,)
+        patch = getattr(getattr(encoder, "patch_embed", None), "kernel_size", (None,))[0]
+        self.resolution = encoder.grid * patch if patch else None  # image side H = W (scripts.evaluate reads it)
+        if dropout == "nested":
+            # FlexTok's one learned mask token (1, 1, D), in the quantized space the decoder reads. It lives
+            # on the decoder so that training's "decoder" parameter group updates (and freezes) it.
+            decoder.register_parameter("dropout_token", nn.Parameter(torch.zeros(1, 1, self.embed_dim)))
+
+    @property
+    def mask_token(self) -> torch.Tensor | None:
+        return getattr(self.decoder, "dropout_token", None)
+
+    def _training_keep(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """(B,) kept counts drawn for a training forward; None = keep everything."""
+        if self.dropout == "nested":
+            return sample_keep(batch, self.num_tokens, self.sampling, device=device)
+        if self.dropout == "tail":  # One-D-Piece: one L ~ U{1..N} for the whole batch
+            length = int(torch.randint(1, self.num_tokens + 1, ()))
+            return torch.full((batch,), length, device=device)
+        return None
+
+    def encode(self, images: torch.Tensor, num_tokens: int | None = None) -> TokenizerOutput:
+        """All N tokens are computed; `mask` marks the kept prefix.
+
+        num_tokens=k keeps the first k (mask True on them); None keeps all in eval mode and, in training
+        mode, draws the dropout's k (nested: per sample, tail: per batch).
+        """
+        if num_tokens is not None and not 1 <= num_tokens <= self.num_tokens:
+            raise ValueError(f"num_tokens must be in [1, {self.num_tokens}], got {num_tokens}")
+        q = self.quantizer(self.encoder(images))  # (B, N, D)
+        b = images.shape[0]
+        if num_tokens is not None:
+            keep = torch.full((b,), num_tokens, device=images.device)
+        else:
+            keep = self._training_keep(b, images.device) if self.training else None
+        mask = None if keep is None or bool((keep == self.num_tokens).all()) else prefix_mask(keep, self.num_tokens)
+        indices = q.indices if q.indices.dim() == 3 else q.indices.unsqueeze(-1)  # (B, N, 1)
+        losses = {f"quant/{name}": value for name, value in q.losses.items()}
+        if hasattr(self.decoder, "loss") and self.decoder.training and torch.is_grad_enabled():
+            # a flow decoder being trained: its flow-matching term (weighted on the training side)
+            losses["flow/velocity"] = self.decoder.loss(*self._decoder_inputs(q.quantized, mask), images)
+        return TokenizerOutput(indices=indices, embeddings=q.quantized, mask=mask, losses=losses)
+
+    def decode(self, embeddings: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, D) + prefix mask (B, N) -> images. Dropped tokens never reach the pixels.
+
+        Nested: dropped positions hold the mask token (the decoder reads N positions, as trained).
+        Tail / none: dropped positions are masked out of attention (the decoder sees a shorter sequence).
+        """
+        return self.decoder(*self._decoder_inputs(embeddings, mask))
+
+    def _decoder_inputs(self, embeddings: torch.Tensor, mask: torch.Tensor | None):
+        """(tokens (B, N, D), key mask (B, N) or None) as the decoder reads them."""
+        if mask is None:
+            return embeddings, None
+        if self.mask_token is not None:
+            return torch.where(mask[..., None], embeddings, self.mask_token.to(embeddings.dtype)), None
+        return embeddings, mask
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, N, 1) or (B, N) ids -> (B, N, D) embeddings."""
+        if indices.dim() == 3:
+            indices = indices[..., 0]
+        return self.quantizer.lookup(indices)

@@ -1,0 +1,72 @@
+"""TokenFLEX (METHODS.md 8): the number of visual tokens the LLM reads is drawn per training batch.
+
+Budgets come from a configured set with configured probabilities (paper: {64, 144, 256} with 2:3:5). A 2-D
+grid tokenizer reaches a budget by adaptive pooling in the projector; an ordered (flex) tokenizer by
+keeping the first k tokens. Validation scores the LLM at every budget (`caption_token_accuracy@<n>`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vistok import dist
+
+
+class TokenBudgetSampler:
+    """Draws one token budget per call from `budgets` with probabilities `probs` (uniform when None).
+
+    Its own seeded generator: the draws do not move the global RNG, and every rank draws the same budget.
+    """
+
+    def __init__(self, budgets: list[int], probs: list[float] | None = None, seed: int = 0):
+        if not budgets or any(int(b) < 1 for b in budgets):
+            raise ValueError(f"token budgets must be positive integers, got {budgets}")
+        probs = [1.0] * len(budgets) if probs is None else list(probs)
+        if len(probs) != len(budgets) or any(p < 0 for p in probs) or sum(probs) <= 0:
+            raise ValueError(f"budget probabilities {probs} do not fit budgets {budgets}")
+        self.budgets = [int(b) for b in budgets]
+        self.probs = torch.tensor(probs, dtype=torch.float64) / sum(probs)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self) -> int:
+        return self.budgets[int(torch.multinomial(self.probs, 1, generator=self.generator))]
+
+
+class BudgetAccuracy:
+    """Teacher-forced caption token accuracy and loss at each evaluation budget, summed over the eval set."""
+
+    def __init__(self, budgets: list[int]):
+        self.budgets = [int(b) for b in budgets]
+        self.sums = torch.zeros(len(self.budgets), 3, dtype=torch.float64)  # tokens, correct, nll * tokens
+
+    def add(self, budget: int, correct, count, loss) -> None:
+        if count > 0:
+            self.sums[self.budgets.index(budget)] += torch.tensor([float(count), float(correct),
+                                                                   float(loss) * float(count)], dtype=torch.float64)
+
+    def compute(self) -> dict[str, float]:
+        if not self.budgets:
+            return {}
+        sums = dist.all_reduce_sum(self.sums.clone())
+        metrics = {}
+        for budget, (tokens, correct, nll) in zip(self.budgets, sums.tolist()):
+            if tokens:
+                metrics[f"caption_token_accuracy@{budget}"] = correct / tokens
+                metrics[f"caption_loss@{budget}"] = nll / tokens
+        return metrics
+
+
+def check_budgets(budgets: list[int], tokenizer, projector, llm_input: str) -> None:
+    """Fail at construction, not mid-run: an ordered tokenizer can give at most N tokens; a 2-D grid needs a
+    projector that pools (`forward(x, num_tokens=...)`, e.g. `SwiGLUProjector`) and embeddings as LLM input."""
+    import inspect
+
+    if getattr(tokenizer, "ordered", False):
+        if max(budgets) > tokenizer.num_tokens:
+            raise ValueError(f"token budgets {budgets} exceed the tokenizer's {tokenizer.num_tokens} tokens")
+        return
+    if llm_input != "embeddings":
+        raise ValueError("token budgets on a 2-D grid tokenizer need llm_input='embeddings' (pooled embeddings)")
+    if projector is None or "num_tokens" not in inspect.signature(projector.forward).parameters:
+        raise ValueError(f"token budgets on a 2-D grid need a pooling projector (projector=swiglu), "
+                         f"got {type(projector).__name__}")
