@@ -18,6 +18,7 @@ from torch import nn
 from vistok.losses.gan import LeCAM, hinge_d_loss
 from vistok.losses.recon import TokenizerLoss
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput
+from vistok.eval.streams import StreamMetrics
 from vistok.training.evaluation import UsageWindow, ValidationAccumulator
 from vistok.training.stages import Stage
 
@@ -43,13 +44,16 @@ class VistokModule(L.LightningModule):
         num_sample_captions: greedy captions kept per validation pass for inspection.
         nan_policy: "raise" stops at the first non-finite loss (naming the step and the loss terms);
             "skip" drops that batch without an update and counts it (up to `max_nan_skips`, then raises).
+        semantic: a semantic distillation loss (frozen teacher), added to the tokenizer loss; None = off.
+        probe: compute the linear probes (`probe_accuracy[/...]`) at validation.
     """
 
     def __init__(self, tokenizer: Tokenizer, loss: TokenizerLoss, optimizer: Callable, llm: nn.Module | None = None,
                  projector: nn.Module | None = None, llm_input: str = "embeddings",
                  discriminator: nn.Module | None = None, lecam_weight: float = 0.0, grad_clip: float = 1.0,
                  max_caption_tokens: int = 24, usage_window: int = 100, num_sample_captions: int = 8,
-                 nan_policy: str = "raise", max_nan_skips: int = 10):
+                 nan_policy: str = "raise", max_nan_skips: int = 10, semantic: nn.Module | None = None,
+                 probe: bool = False):
         super().__init__()
         if nan_policy not in ("raise", "skip"):
             raise ValueError(f"nan_policy must be 'raise' or 'skip', got '{nan_policy}'")
@@ -61,6 +65,7 @@ class VistokModule(L.LightningModule):
         self.automatic_optimization = False
         self.tokenizer, self.loss, self.llm, self.projector = tokenizer, loss, llm, projector
         self.discriminator = discriminator
+        self.semantic, self.probe = semantic, probe
         self.lecam = LeCAM() if discriminator is not None and lecam_weight > 0 else None
         self.optimizer_factory = optimizer
         self.llm_input, self.lecam_weight, self.grad_clip = llm_input, lecam_weight, grad_clip
@@ -166,6 +171,10 @@ class VistokModule(L.LightningModule):
             recon = self.tokenizer.decode(out.embeddings, out.mask)
             fake_logits = self.discriminator(recon) if use_gan else None
             tok_loss, terms = self.loss(images, recon, out.losses, fake_logits)
+            if self.semantic is not None:
+                semantic_loss, semantic_terms = self.semantic(self.tokenizer, images, out)
+                tok_loss = tok_loss + semantic_loss
+                terms.update({k: v.detach() for k, v in semantic_terms.items()})
             total = total + stage.alpha * tok_loss
             logs.update({f"train/tok/{k}": v for k, v in terms.items()})
             logs["train/tokenizer_loss"] = tok_loss.detach()
@@ -247,12 +256,14 @@ class VistokModule(L.LightningModule):
     # ---- validation ---------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._val = ValidationAccumulator(self.tokenizer.codebook_size, tokenizer=self.tokenizer)
+        self._streams = StreamMetrics(self.tokenizer, probe=self.probe)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]
         self.skipped_samples += int(batch.get("skipped", 0))
         recon, out = self.tokenizer(images)
         self._val.add_reconstruction(images, recon, out.indices)
+        self._streams.update(out, batch.get("caption", []))
         if batch_idx == 0:
             self.val_preview = {"images": images[:8].cpu(), "recon": recon[:8].cpu()}
         if self.llm is None:
@@ -268,7 +279,7 @@ class VistokModule(L.LightningModule):
             self.val_preview["caption_images"] = images[: self.num_sample_captions].cpu()
 
     def on_validation_epoch_end(self) -> None:
-        self.val_metrics = self._val.compute()
+        self.val_metrics = {**self._val.compute(), **self._streams.compute()}
         self.val_samples = self._val.samples
         self.log_dict({f"val/{k}": v for k, v in self.val_metrics.items()}, sync_dist=False, rank_zero_only=True)
 
