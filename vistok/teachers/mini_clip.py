@@ -119,19 +119,21 @@ def train_mini_clip(model: MiniCLIP, images: torch.Tensor, captions: list[str], 
 
 
 def build_mini_clip(cache_dir: str, data, dim: int = 32, base_channels: int = 16,
-                    ch_mult: tuple[int, ...] = (1, 2, 4), steps: int = 600, batch_size: int = 128,
-                    lr: float = 3e-3, seed: int = 0) -> MiniCLIP:
+                    ch_mult: tuple[int, ...] = (1, 2, 4), steps: int = 600, max_epochs: float = 15.0,
+                    batch_size: int = 128, lr: float = 3e-3, seed: int = 0) -> MiniCLIP:
     """Load the mini-CLIP for these settings and this data from `cache_dir`, training and saving it first
     when it is not there (a few seconds to a minute on a CPU). Returns it frozen, in eval mode.
 
     Args:
         cache_dir: parent folder; the teacher lives in a sub-folder named after its settings and data.
         data: a datamodule (`prepare()`, `train_urls`, `val_urls`, `resolution`) whose training pairs teach it.
+        steps: optimiser steps, at most `max_epochs` passes over the pairs (small test datasets stay fast).
     """
     from vistok.export import load_tokenizer, save_tokenizer
 
     data.prepare()
     settings = {"dim": dim, "base_channels": base_channels, "ch_mult": list(ch_mult), "steps": steps,
+                "max_epochs": max_epochs,
                 "batch_size": batch_size, "lr": lr, "seed": seed, "resolution": data.resolution,
                 "train": [Path(u).name for u in data.train_urls], "data_dir": str(Path(data.train_urls[0]).parent)}
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -141,6 +143,7 @@ def build_mini_clip(cache_dir: str, data, dim: int = 32, base_channels: int = 16
     start = time.time()
     images, captions = _read_pairs(data.train_urls, data.resolution)
     vocabulary = sorted({w for c in captions for w in _words(c)})
+    steps = max(1, min(steps, int(max_epochs * len(captions) / batch_size)))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = MiniCLIP(vocabulary, dim, base_channels, tuple(ch_mult))
