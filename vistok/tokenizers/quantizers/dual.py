@@ -101,15 +101,16 @@ class SharedIndexQuantizer(Quantizer):
     # ---- forward ------------------------------------------------------------------------------
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         z = self.normalise(z)  # (B, N, D)
-        if self.training:
+        if self.training:  # before the codes enter the graph: they are edited in place
             self._maybe_initialise(z)
+            self._restart_dead_codes(z)
         if self.scales is None:
             indices = self.select(z.reshape(-1, self.dim).detach(), self.codes()).view(z.shape[:-1])  # (B, N)
             quantized = F.embedding(indices, self.codes())  # (B, N, D)
         else:
             quantized, indices = self._multiscale(z)  # (B, N, D), (B, N, S)
         if self.training:
-            self._restart_dead_codes(z, indices)
+            self._count_usage(indices)
         losses = {"quant": F.mse_loss(quantized, z.detach()), "commit": F.mse_loss(z, quantized.detach())}
         return QuantizerOutput(quantized=z + (quantized - z).detach(), indices=indices, losses=losses)
 
@@ -158,11 +159,14 @@ class SharedIndexQuantizer(Quantizer):
         self.initialised.fill_(True)
 
     @torch.no_grad()
-    def _restart_dead_codes(self, z: torch.Tensor, indices: torch.Tensor) -> None:
-        if self.dead_code_threshold <= 0:
-            return
+    def _count_usage(self, indices: torch.Tensor) -> None:
         hits = torch.bincount(indices.flatten(), minlength=self.codebook_size).float()
         self.usage.mul_(self.usage_decay).add_(hits, alpha=1 - self.usage_decay)
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, z: torch.Tensor) -> None:
+        if self.dead_code_threshold <= 0:
+            return
         dead = (self.usage < self.dead_code_threshold).nonzero().flatten()
         if len(dead) == 0:
             return
