@@ -36,5 +36,7 @@ class StreamMetrics:
             stats = codebook_stats(dist.all_reduce_sum(histogram.clone()))
             metrics.update({f"{key}/{name}": value for key, value in stats.items()})
         if self.probe is not None:
-            metrics.update(self.probe.compute())
+            # Lightning validates under inference mode, where no tensor can require grad: fit the probes outside it.
+            with torch.inference_mode(False), torch.enable_grad():
+                metrics.update(self.probe.compute())
         return metrics
