@@ -112,7 +112,9 @@ class SharedIndexQuantizer(Quantizer):
         if self.training:
             self._count_usage(indices)
         losses = {"quant": F.mse_loss(quantized, z.detach()), "commit": F.mse_loss(z, quantized.detach())}
-        return QuantizerOutput(quantized=z + (quantized - z).detach(), indices=indices, losses=losses)
+        if z.requires_grad:  # straight-through; without a graph the codes themselves (exact lookup invariant)
+            quantized = z + (quantized - z).detach()
+        return QuantizerOutput(quantized=quantized, indices=indices, losses=losses)
 
     def _multiscale(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         side = _side(z.shape[1])
