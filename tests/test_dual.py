@@ -276,3 +276,48 @@ def test_joint_ett_run_with_the_dual_family(tmp_path, cache_dir):
     assert list(metrics["stages"]) == ["tokenizer", "align", "ett", "post"]
     final = metrics["final"]
     assert "caption_loss" in final and "codebook_usage/semantic" in final and "codebook_usage/pixel" in final
+
+
+def test_stream_metrics_fit_probes_under_inference_mode_and_report_every_stream():
+    """Lightning validates under inference mode; the probes must still train there. Separable embeddings score
+    high, shuffled labels score near chance (the probe can fail)."""
+    from vistok.data.generated import SLOTS, caption_from_attributes
+    from vistok.eval.streams import StreamMetrics
+    from vistok.tokenizers.base import TokenizerOutput
+
+    tok = VARIANTS["separate"]()
+    generator = torch.Generator().manual_seed(0)
+    scores = {}
+    for name in ("informative", "shuffled"):
+        metrics = StreamMetrics(tok, probe=True)
+        with torch.inference_mode():
+            for _ in range(4):
+                values = {s: torch.randint(len(v), (50,), generator=generator) for s, v in SLOTS.items()}
+                captions = [caption_from_attributes({s: SLOTS[s][int(values[s][i])] for s in SLOTS}) for i in range(50)]
+                onehots = torch.cat([torch.nn.functional.one_hot(values[s], len(v)).float() for s, v in SLOTS.items()], 1)
+                if name == "shuffled":
+                    onehots = onehots[torch.randperm(50, generator=generator)]
+                embeddings = onehots[:, None, :].expand(50, 4, onehots.shape[1])  # (B, N=4, 21)
+                indices = torch.randint(16, (50, 4, 2), generator=generator)
+                metrics.update(TokenizerOutput(indices=indices, embeddings=embeddings), captions)
+            scores[name] = metrics.compute()
+    assert scores["informative"]["probe_accuracy"] > 0.95
+    assert scores["shuffled"]["probe_accuracy"] < 0.6
+    assert {"codebook_usage/semantic", "codebook_usage/pixel", "codebook_perplexity/pixel"} <= set(scores["shuffled"])
+
+
+def test_tokenflow_table_trends_can_fail_and_pass():
+    from vistok.reproduce.report import render, summarise
+    from vistok.reproduce.tables import TABLES
+
+    table = TABLES["tokenflow_table5"]
+    vq = {"probe_accuracy": 0.60, "probe_accuracy/histogram": 0.85, "psnr": 25.0, "codebook_usage": 0.9}
+    dual = {"probe_accuracy": 0.90, "probe_accuracy/histogram": 0.95, "psnr": 24.5, "codebook_usage": 1.0}
+    runs = {"dual_mini_vq": [vq], "dual_mini_vq_wide": [vq], "dual_mini": [dual]}
+    rows = [r for r in table.rows if r.experiment in runs]
+    table = type(table)(**{**table.__dict__, "rows": rows})
+    _, verdicts = render(table, "mini", 1, *summarise(runs))
+    assert all(v["passed"] for v in verdicts), verdicts
+    runs["dual_mini"] = [{**dual, "psnr": 23.0, "probe_accuracy": 0.65}]  # too little gain, too much PSNR lost
+    _, verdicts = render(table, "mini", 1, *summarise(runs))
+    assert [v["passed"] for v in verdicts] == [False, False, True, True, False, False, True]
