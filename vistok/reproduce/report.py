@@ -20,7 +20,7 @@ def summarise(per_row: dict[str, list[dict]]) -> tuple[dict, dict]:
 
 
 def _cell(mean: float, std: float, metric: str) -> str:
-    if metric.startswith(("attribute", "caption_token", "caption_exact", "codebook_usage")):
+    if metric.startswith(("attribute", "caption_token", "caption_exact", "codebook_usage", "probe_accuracy")):
         return f"{100 * mean:.1f} ± {100 * std:.1f}"
     return f"{mean:.2f} ± {std:.2f}"
 

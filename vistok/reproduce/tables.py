@@ -296,4 +296,63 @@ TABLES["tokenflex_budget"] = Table(
     base_experiment="tokenflex_mini",
     paper_base="ett_paper",
     stages=("tokenizer", "align"),
+
+
+# Dual-codebook family (METHODS.md 2.4, 3.3, 11.3, 11.6). Tokenizer-only rows trained from scratch at equal steps;
+# probe_accuracy = linear probe of the caption attributes on mean-pooled embeddings (gated), /histogram on the
+# code histogram (gated), /flat on the whole grid (reported only: pixel codes already saturate it).
+DUAL_OURS = ["probe_accuracy", "probe_accuracy/histogram", "probe_accuracy/flat", "psnr", "ssim", "codebook_usage",
+             "codebook_perplexity"]
+TABLES["tokenflow_table5"] = Table(
+    name="tokenflow_table5",
+    title="TokenFlow Table 5 - one codebook vs dual codebooks with a shared index (+ MSVQ); pixel-only VQ controls",
+    rows=[
+        Row("pixel-only VQ (D = 16)", "dual_mini_vq", ["tokenizer=vq", "module.semantic=null"], shared=()),
+        Row("pixel-only VQ as wide as the pair (D = 24)", "dual_mini_vq_wide",
+            ["tokenizer=vq", "module.semantic=null", "tokenizer.embed_dim=40"], shared=()),
+        Row("one codebook + semantic loss", "dual_mini_single",
+            ["tokenizer.semantic_dim=40", "tokenizer.pixel_dim=0", "tokenizer.encoder.pixel=null",
+             "tokenizer.quantizer.dims=[40]", "tokenizer.quantizer.weights=[1.0]"], shared=(),
+            paper={"MME-P": 1252, "SEED": 57.8, "TQA": 49.2, "rFID": 8.07}),
+        Row("dual codebooks, shared index", "dual_mini", [], shared=(),
+            paper={"MME-P": 1213, "SEED": 56.0, "TQA": 47.4, "rFID": 3.96}),
+        Row("+ multi-scale VQ", "dual_mini_msvq", ["tokenizer.quantizer.scales=[1,2,4,6,8,10,12,14,16]"], shared=(),
+            paper={"MME-P": 1210, "SEED": 56.1, "TQA": 47.4, "rFID": 2.18}),
+        Row("dual, taught by the LLM caption loss only", "dual_mini_llm", ["module.semantic=null"], shared=()),
+    ],
+    ours=DUAL_OURS,
+    paper_columns=["MME-P", "SEED", "TQA", "rFID"],
+    trends=[
+        _gap("probe_accuracy", "dual_mini", "dual_mini_vq", 10.0),
+        _gap("probe_accuracy", "dual_mini", "dual_mini_vq_wide", 10.0),
+        _gap("probe_accuracy/histogram", "dual_mini", "dual_mini_vq", 5.0),
+        _gap("probe_accuracy/histogram", "dual_mini", "dual_mini_vq_wide", 5.0),
+        _psnr_within("dual_mini", "dual_mini_vq", 1.0),
+        _psnr_within("dual_mini", "dual_mini_vq_wide", 1.0),
+        _gap("codebook_usage", "dual_mini", "dual_mini_vq", 0.0),
+    ],
+    base_experiment="dual_mini",
+    paper_base="tokenflow_paper",
+    stages=("tokenizer",),
+    scale_overrides={"smoke": ["debug=tiny"], "mini": [], "paper": []},
+)
+TABLES["dualtoken_conflict"] = Table(
+    name="dualtoken_conflict",
+    title="DualToken - reconstruction and semantics on the same layer vs pixel (shallow) + semantic (deep) layers",
+    rows=[
+        Row("recon + sem on the same (last) layer", "dualtoken_mini_same", ["tokenizer.encoder.pixel_layer=26"],
+            shared=(), paper={"Zero-shot": 72.3, "rFID": 3.86, "PSNR": 12.64, "SSIM": 0.574}),
+        Row("recon (shallow) + sem (deep)", "dualtoken_mini", [], shared=(),
+            paper={"Zero-shot": 82.0, "rFID": 0.25, "PSNR": 28.69, "SSIM": 0.744}),
+    ],
+    ours=DUAL_OURS,
+    paper_columns=["Zero-shot", "rFID", "PSNR", "SSIM"],
+    trends=[
+        _gap("probe_accuracy", "dualtoken_mini", "dualtoken_mini_same", 5.0),
+        _psnr_drop("dualtoken_mini_same", "dualtoken_mini", 1.0),
+    ],
+    base_experiment="dualtoken_mini",
+    paper_base="dualtoken_paper",
+    stages=("tokenizer",),
+    scale_overrides={"smoke": ["debug=tiny"], "mini": [], "paper": []},
 )

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from vistok.eval.streams import StreamMetrics
 from vistok.losses.gan import LeCAM, hinge_d_loss
 from vistok.losses.recon import TokenizerLoss
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput
@@ -47,6 +48,8 @@ class VistokModule(L.LightningModule):
         token_budgets: TokenFLEX: visual-token counts the LLM reads, one drawn per training batch
             (None = all tokens); `budget_probs` their probabilities (uniform when None).
         eval_token_budgets: budgets at which validation also scores captions (`caption_token_accuracy@<n>`).
+        semantic: a semantic distillation loss (frozen teacher), added to the tokenizer loss; None = off.
+        probe: compute the linear probes (`probe_accuracy[/...]`) at validation.
     """
 
     def __init__(self, tokenizer: Tokenizer, loss: TokenizerLoss, optimizer: Callable, llm: nn.Module | None = None,
@@ -54,7 +57,8 @@ class VistokModule(L.LightningModule):
                  discriminator: nn.Module | None = None, lecam_weight: float = 0.0, grad_clip: float = 1.0,
                  max_caption_tokens: int = 24, usage_window: int = 100, num_sample_captions: int = 8,
                  nan_policy: str = "raise", max_nan_skips: int = 10, token_budgets: list[int] | None = None,
-                 budget_probs: list[float] | None = None, eval_token_budgets: list[int] | None = None):
+                 budget_probs: list[float] | None = None, eval_token_budgets: list[int] | None = None,
+                 semantic: nn.Module | None = None, probe: bool = False):
         super().__init__()
         self.budgets = None  # TokenFLEX: a budget per training batch, seeded from the run's seed
         if token_budgets:
@@ -72,6 +76,7 @@ class VistokModule(L.LightningModule):
         self.automatic_optimization = False
         self.tokenizer, self.loss, self.llm, self.projector = tokenizer, loss, llm, projector
         self.discriminator = discriminator
+        self.semantic, self.probe = semantic, probe
         self.lecam = LeCAM() if discriminator is not None and lecam_weight > 0 else None
         self.optimizer_factory = optimizer
         self.llm_input, self.lecam_weight, self.grad_clip = llm_input, lecam_weight, grad_clip
@@ -185,6 +190,10 @@ class VistokModule(L.LightningModule):
             recon = self.tokenizer.decode(out.embeddings, out.mask)
             fake_logits = self.discriminator(recon) if use_gan else None
             tok_loss, terms = self.loss(images, recon, out.losses, fake_logits)
+            if self.semantic is not None:
+                semantic_loss, semantic_terms = self.semantic(self.tokenizer, images, out)
+                tok_loss = tok_loss + semantic_loss
+                terms.update({k: v.detach() for k, v in semantic_terms.items()})
             total = total + stage.alpha * tok_loss
             logs.update({f"train/tok/{k}": v for k, v in terms.items()})
             logs["train/tokenizer_loss"] = tok_loss.detach()
@@ -268,6 +277,7 @@ class VistokModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val = ValidationAccumulator(self.tokenizer.codebook_size, tokenizer=self.tokenizer,
                                           token_budgets=self.eval_token_budgets)
+        self._streams = StreamMetrics(self.tokenizer, probe=self.probe)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Every rank runs the same number of full-batch forwards (collectives inside FSDP and synced
@@ -278,6 +288,8 @@ class VistokModule(L.LightningModule):
         self.skipped_samples += int(batch.get("skipped", 0))
         recon, out = self.tokenizer(images)
         self._val.add_reconstruction(images[keep], recon[keep], out.indices[keep])
+        self._streams.update(_rows(out, keep), [batch["caption"][i] for i in keep.tolist()]
+                             if "caption" in batch else [])
         if batch_idx == 0:
             self.val_preview = {"images": images[keep][:8].cpu(), "recon": recon[keep][:8].cpu()}
         if self.llm is None:
@@ -299,9 +311,15 @@ class VistokModule(L.LightningModule):
             self.val_preview["caption_images"] = images[keep][: self.num_sample_captions].cpu()
 
     def on_validation_epoch_end(self) -> None:
-        self.val_metrics = self._val.compute()
+        self.val_metrics = {**self._val.compute(), **self._streams.compute()}
         self.val_samples = self._val.samples
         self.log_dict({f"val/{k}": v for k, v in self.val_metrics.items()}, sync_dist=False, rank_zero_only=True)
+
+
+def _rows(out: TokenizerOutput, keep: torch.Tensor) -> TokenizerOutput:
+    """The rows `keep` (K,) of a batch's tokenizer output (the validation batch without its padding rows)."""
+    mask = None if out.mask is None else out.mask[keep]
+    return TokenizerOutput(indices=out.indices[keep], embeddings=out.embeddings[keep], mask=mask, losses=out.losses)
 
 
 def _warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:

@@ -127,6 +127,7 @@ def shard_units(module: nn.Module) -> list[tuple[str, nn.Module, bool]]:
         units.append((f"tokenizer.{name}", child, name == "quantizer"))
     for name in ("projector", "discriminator"):
         units.append((name, getattr(module, name, None), False))
+    units.append(("semantic", getattr(module, "semantic", None), True))  # distillation loss + frozen teacher
     units.append(("loss", getattr(module, "loss", None), True))
     return [(name, unit, fp32) for name, unit, fp32 in units if _has_params(unit)]
 

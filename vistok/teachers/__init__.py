@@ -1,0 +1,33 @@
+"""Frozen semantic teachers for the dual family's distillation loss: `teacher(images) -> (B, Dt, h, w)`.
+
+- `load_teacher(path)`: a local directory holding a saved vistok module (`config.yaml` + `model.safetensors`,
+  e.g. a mini-CLIP built earlier) or any Hugging Face vision model (`config.json`); never downloaded.
+- `vistok.teachers.mini_clip.build_mini_clip`: the embedded default, a tiny CLIP trained in-run on the
+  dataset's image-caption pairs, saved, then frozen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    module.requires_grad_(False)
+    return module.eval()
+
+
+def load_teacher(path: str, layer: int = -2) -> nn.Module:
+    """A frozen teacher from a local directory (vistok export or Hugging Face vision model)."""
+    folder = Path(path)
+    if (folder / "config.yaml").is_file() and (folder / "model.safetensors").is_file():
+        from vistok.export import load_tokenizer  # loads any exported vistok module, not only tokenizers
+
+        return freeze(load_tokenizer(folder))
+    if (folder / "config.json").is_file():
+        from vistok.teachers.hf import HFVisionTeacher
+
+        return freeze(HFVisionTeacher(str(folder), layer=layer))
+    raise FileNotFoundError(f"{folder} holds neither a vistok module (config.yaml + model.safetensors) "
+                            "nor a Hugging Face model (config.json); teachers are never downloaded")
