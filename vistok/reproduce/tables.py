@@ -296,6 +296,7 @@ TABLES["tokenflex_budget"] = Table(
     base_experiment="tokenflex_mini",
     paper_base="ett_paper",
     stages=("tokenizer", "align"),
+)
 
 
 # Dual-codebook family (METHODS.md 2.4, 3.3, 11.3, 11.6). Tokenizer-only rows trained from scratch at equal steps;
