@@ -75,13 +75,7 @@ def plot(out: Path, table: Table, means: dict, stds: dict) -> Path:
                             label=f"{row.label} ({'mark' if 'mark' in metric else 'all slots'})")
     ax.set_xlabel("PSNR (dB)")
     ax.set_ylabel("caption attribute accuracy (%)")
-    ax.set_title(table.name)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = out / f"{table.name}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_plot(out, table, fig, ax, plt)
 
 
 def _plot_psnr_vs_k(out: Path, table: Table, means: dict, stds: dict, fig, ax, plt) -> Path:
@@ -96,6 +90,11 @@ def _plot_psnr_vs_k(out: Path, table: Table, means: dict, stds: dict, fig, ax, p
     ax.set_xscale("log", base=2)
     ax.set_xlabel("tokens kept (k)")
     ax.set_ylabel("PSNR (dB)")
+    return _save_plot(out, table, fig, ax, plt)
+
+
+def _save_plot(out: Path, table: Table, fig, ax, plt) -> Path:
+    """Title, legend and `<out>/<table>.png`."""
     ax.set_title(table.name)
     ax.legend(fontsize=6)
     fig.tight_layout()

@@ -14,6 +14,16 @@ from vistok.tokenizers.base import Tokenizer, TokenizerOutput
 from vistok.tokenizers.quantizers.base import Quantizer
 
 
+def check_parts(encoder: nn.Module, quantizer: Quantizer, decoder: nn.Module, num_tokens: int,
+                embed_dim: int | None) -> None:
+    """A 1-D tokenizer's parts agree on the token count N and the embedding size D (clear errors)."""
+    if embed_dim is not None and embed_dim != quantizer.dim:
+        raise ValueError(f"embed_dim {embed_dim} does not match the quantizer's dim {quantizer.dim}")
+    for part in (encoder, decoder):
+        if getattr(part, "num_tokens", num_tokens) != num_tokens:
+            raise ValueError(f"num_tokens {num_tokens} does not match {type(part).__name__}'s {part.num_tokens}")
+
+
 class Binary1DTokenizer(Tokenizer):
     """Images <-> N tokens of K bits.
 
@@ -28,11 +38,7 @@ class Binary1DTokenizer(Tokenizer):
     def __init__(self, encoder: nn.Module, quantizer: Quantizer, decoder: nn.Module, num_tokens: int,
                  embed_dim: int | None = None):
         super().__init__()
-        if embed_dim is not None and embed_dim != quantizer.dim:
-            raise ValueError(f"embed_dim {embed_dim} does not match the quantizer's dim {quantizer.dim}")
-        for part in (encoder, decoder):
-            if getattr(part, "num_tokens", num_tokens) != num_tokens:
-                raise ValueError(f"num_tokens {num_tokens} does not match {type(part).__name__}'s {part.num_tokens}")
+        check_parts(encoder, quantizer, decoder, num_tokens, embed_dim)
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
         self.num_tokens = num_tokens
         self.embed_dim = quantizer.dim

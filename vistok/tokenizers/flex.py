@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput
+from vistok.tokenizers.binary1d import check_parts
 from vistok.tokenizers.quantizers.base import Quantizer
 
 DROPOUTS = ("nested", "tail", "none")
@@ -78,11 +79,7 @@ class FlexTokenizer(Tokenizer):
             raise ValueError(f"dropout must be one of {DROPOUTS}, got '{dropout}'")
         if sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got '{sampling}'")
-        if embed_dim is not None and embed_dim != quantizer.dim:
-            raise ValueError(f"embed_dim {embed_dim} does not match the quantizer's dim {quantizer.dim}")
-        for part in (encoder, decoder):
-            if getattr(part, "num_tokens", num_tokens) != num_tokens:
-                raise ValueError(f"num_tokens {num_tokens} does not match {type(part).__name__}'s {part.num_tokens}")
+        check_parts(encoder, quantizer, decoder, num_tokens, embed_dim)
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
         self.num_tokens, self.embed_dim = num_tokens, quantizer.dim
         self.dropout, self.sampling = dropout, sampling
