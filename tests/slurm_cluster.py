@@ -16,6 +16,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "slurm" / "local_cluster.sh"
 
 
+def _slow_steps(seconds: float):
+    """A Lightning callback that sleeps after every training step (imported in the jobs as
+    `tests.slurm_cluster.SlowSteps`): training then takes a known minimum time on any machine."""
+    from lightning.pytorch.callbacks import Callback
+
+    class _SlowSteps(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            time.sleep(seconds)
+
+    return _SlowSteps()
+
+
+SlowSteps = _slow_steps
+
+
 def _cannot_install() -> str | None:
     """Why the cluster cannot be installed or started here (None: it can)."""
     if os.geteuid() != 0:  # the daemons run as root (SlurmUser=root) and munged needs /run/munge

@@ -97,8 +97,11 @@ def test_time_limit_requeues_until_the_run_finishes(slurm_cluster, cache_dir, tm
     """A 1-minute limit with the signal 40 s before it: SLURM itself signals every attempt."""
     sweep = tmp_path / "limit"
     log = tmp_path / "driver.log"
-    # On a busy machine an attempt may train only a step or two before its signal: allow many requeues.
-    driver = start_driver([*TINY, "max_steps_per_stage=8", "checkpoint_every=3",
+    # 12 steps of at least 2 s each outlast the ~20 s an attempt runs before its signal on any machine, so
+    # at least one time-limit requeue happens; on a busy machine an attempt may train only a step or two
+    # before its signal: allow many requeues.
+    driver = start_driver([*TINY, "max_steps_per_stage=12", "checkpoint_every=3",
+                           "+callbacks.slow._target_=tests.slurm_cluster.SlowSteps", "+callbacks.slow.seconds=2",
                            "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=40",
                            "hydra.launcher.max_num_timeout=100", f"hydra.sweep.dir={sweep}"],
                           slurm_cluster, log, limit_s=900)
