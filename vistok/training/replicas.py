@@ -48,13 +48,11 @@ class ReplicaCheck(Callback):
         if on_mismatch not in ("raise", "warn"):
             raise ValueError(f"on_mismatch must be 'raise' or 'warn', got '{on_mismatch}'")
         self.on_mismatch = on_mismatch
-        self.checks = 0
 
     def _check(self, trainer, pl_module, when: str) -> None:
         if not dist.is_distributed() or dist.world_size() == 1:
             return
         bad = mismatched_buffers(pl_module, pl_module.device)
-        self.checks += 1
         if not bad:
             return
         message = (f"{len(bad)} buffers differ across the {dist.world_size()} ranks {when} (step "
