@@ -12,6 +12,7 @@ what to read: absolute times on a shared machine are noise.
     main_job           `python train.py` wall time                                               <= 10 min
 
 `--quick` leaves out the two long ones (fsdp_memory, main_job: tens of minutes on 2 cores).
+`--device cuda` runs step_overhead and main_job (`trainer=gpu`) on the GPU; the others measure CPU costs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 
 LONG = ("fsdp_memory", "main_job")
+ON_DEVICE = ("step_overhead", "main_job")  # the benchmarks that take `device=`
 
 
 def _benchmarks() -> dict:
@@ -35,13 +37,13 @@ def _benchmarks() -> dict:
             "fsdp_memory": fsdp_memory, "import_time": import_time, "main_job": main_job}
 
 
-def run(names: list[str]) -> dict:
+def run(names: list[str], device: str = "cpu") -> dict:
     benchmarks, results = _benchmarks(), {}
     for name in names:
+        kwargs = {"device": device} if name in ON_DEVICE else {}
         if name == "data_pipeline" and "step_overhead" in results:  # headroom over what training consumes
-            results[name] = benchmarks[name](train_step_s=results["step_overhead"]["vistok_step_s"])
-        else:
-            results[name] = benchmarks[name]()
+            kwargs["train_step_s"] = results["step_overhead"]["vistok_step_s"]
+        results[name] = benchmarks[name](**kwargs)
     return results
 
 
@@ -50,13 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     parser.add_argument("--quick", action="store_true", help=f"leave out {', '.join(LONG)}")
     parser.add_argument("--json", dest="json_out", help="write the results as JSON here")
+    parser.add_argument("--device", default="cpu", help=f"cpu or cuda[:N], for {', '.join(ON_DEVICE)}")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     known = list(_benchmarks())
     unknown = sorted(set(args.names) - set(known))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {known}")
     names = args.names or [n for n in known if not (args.quick and n in LONG)]
-    results = run(names)
+    if args.device != "cpu":
+        import torch
+
+        if not args.device.startswith("cuda") or not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: only cpu, or cuda[:N] on a machine where CUDA is available")
+    results = run(names, args.device)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 0

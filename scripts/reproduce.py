@@ -31,6 +31,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="slurm launcher: a hydra/launcher config (presets: configs/hydra/launcher/)")
     parser.add_argument("--launcher-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="slurm launcher: an override for every sweep, e.g. hydra.launcher.partition=gpu")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for every run, e.g. --set trainer=gpu (runs reused only if equal)")
     parser.add_argument("--rows", default=None, help="comma-separated experiments: run only these rows")
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/reproduce/<table>/<scale>")
     return parser.parse_args(argv)
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.launcher == "slurm":
         out = out.resolve()  # jobs may start in another directory
-    bases, rows = plan(table, args.scale, seeds, out, table.stages)
+    bases, rows = plan(table, args.scale, seeds, out, table.stages, args.overrides)
     if args.launcher == "slurm":  # the base runs (shared stages) first: the rows start from their checkpoints
         launcher = (args.launcher_config, args.launcher_arg, log)
         submit_all(bases, out, *launcher)

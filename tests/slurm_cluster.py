@@ -72,6 +72,15 @@ def slurm(env: dict, *args: str) -> str:
     return result.stdout
 
 
+def release(env: dict, job: str) -> None:
+    """Start a requeued job that Slurm holds on its begin time (about two minutes after a requeue).
+
+    Not in the same second as the requeue: slurmd refuses a job credential created in the second it revoked
+    the job's previous one ("Killing non-startable batch job: Job credential revoked"), which fails the job.
+    """
+    slurm(env, "scontrol", "update", f"JobId={job}", "StartTime=now+2")
+
+
 def start_driver(args: list[str], env: dict, log: Path, limit_s: int) -> subprocess.Popen:
     """`python train.py -m hydra/launcher=slurm_local ARGS` in the background, killed after `limit_s`."""
     cmd = ["timeout", "-s", "KILL", str(limit_s), sys.executable, str(ROOT / "train.py"), "-m",

@@ -41,6 +41,25 @@ def test_every_table_row_is_an_experiment_config():
             assert (ROOT / "configs" / "experiment" / f"{row.experiment}.yaml").is_file(), (name, row.experiment)
 
 
+def test_user_overrides_reach_every_run_and_change_what_counts_as_done(tmp_path):
+    from vistok.reproduce.runner import plan
+
+    table = TABLES["tokenflex_budget"]
+    bases, rows = plan(table, "mini", 2, tmp_path, table.stages, ["trainer=gpu"])
+    jobs = [*bases, *(job for jobs in rows.values() for job in jobs)]
+    assert len(bases) == 2 and len(jobs) == 2 + 2 * len(table.rows)
+    assert all(job.overrides.count("trainer=gpu") == 1 for job in jobs)
+    plain_bases, _ = plan(table, "mini", 2, tmp_path, table.stages)
+    assert "trainer=gpu" not in plain_bases[0].overrides
+    assert [b.run_dir for b in plain_bases] == [b.run_dir for b in bases]  # same dirs: a rerun must not reuse them
+    base = bases[0]
+    for stage in base.stages:
+        (base.run_dir / "checkpoints" / stage).mkdir(parents=True)
+        (base.run_dir / "checkpoints" / stage / "done").touch()
+    (base.run_dir / "reproduce.json").write_text(json.dumps({"overrides": base.overrides}))
+    assert base.done() and not plain_bases[0].done()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in sorted(TABLES) if n in SMOKE_RUN])
 def test_smoke_scale_runs_the_table(name, tmp_path, cache_dir, monkeypatch):

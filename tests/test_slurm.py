@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 from slurm_cluster import (  # noqa: F401 - slurm_cluster is a fixture
-    ROOT, job_log, results, slurm, slurm_cluster, start_driver, submitted_jobs, wait_for)
+    ROOT, job_log, release, results, slurm, slurm_cluster, start_driver, submitted_jobs, wait_for)
 
 pytestmark = pytest.mark.slurm
 TINY = ["experiment=vq_mini", "debug=tiny"]
@@ -79,10 +79,9 @@ def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, cache_dir, tmp_
         r"preemption: saved (\S+) at global step (\d+)", job_log(sweep)), 120, driver)
     assert saved.group(1) == str(stage_dir / "preempted.ckpt")
     step = int(saved.group(2))
-    # Slurm holds a requeued job for about two minutes (BeginTime); let it start again now.
     wait_for("the requeued job to be held", lambda: "PENDING" in slurm(
         slurm_cluster, "squeue", "-h", "-j", job, "-o", "%T"), 60, driver)
-    slurm(slurm_cluster, "scontrol", "update", f"JobId={job}", "StartTime=now")
+    release(slurm_cluster, job)
     assert _finish(driver, 400) == 0, log.read_text()[-3000:] + job_log(sweep)[-3000:]
     text = job_log(sweep)
     assert f"resuming stage 'tokenizer' from {stage_dir / 'preempted.ckpt'} at step {step} of the stage " \
@@ -107,11 +106,16 @@ def test_time_limit_requeues_until_the_run_finishes(slurm_cluster, cache_dir, tm
                           slurm_cluster, log, limit_s=900)
     [job] = wait_for("the job to be submitted", lambda: submitted_jobs(sweep), 120, driver)
 
+    released_at = [0.0]
+
     def finished_or_released():
         if driver.poll() is not None:
             return True
-        if "BeginTime" in slurm(slurm_cluster, "squeue", "-h", "-j", job, "-o", "%r"):  # the requeue hold
-            slurm(slurm_cluster, "scontrol", "update", f"JobId={job}", "StartTime=now")
+        # The requeue hold; a job released less than 10 s ago still shows it until its new begin time.
+        held = "BeginTime" in slurm(slurm_cluster, "squeue", "-h", "-j", job, "-o", "%r")
+        if held and time.monotonic() - released_at[0] > 10:
+            release(slurm_cluster, job)
+            released_at[0] = time.monotonic()
         return False
 
     wait_for("the driver to return", finished_or_released, 890)
@@ -175,8 +179,18 @@ def test_plain_sbatch_job_requeues_on_lightnings_signal(slurm_cluster, cache_dir
             r"preemption: saved \S+ at global step (\d+)", out.read_text(errors="replace")), 120)
         wait_for("the requeued job to be held", lambda: "PENDING" in slurm(
             slurm_cluster, "squeue", "-h", "-j", job, "-o", "%T"), 60)
-        slurm(slurm_cluster, "scontrol", "update", f"JobId={job}", "StartTime=now")
-        wait_for("the job to finish", lambda: (run_dir / "metrics.json").exists(), 300)
+        release(slurm_cluster, job)
+
+        def finished():
+            if (run_dir / "metrics.json").exists():
+                return True
+            state = subprocess.run(["timeout", "30", "squeue", "-h", "-j", job, "-o", "%T"], env=slurm_cluster,
+                                   capture_output=True, text=True).stdout.strip()
+            if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL"):
+                pytest.fail(f"job {job} is {state} without finishing the run:\n{out.read_text()[-3000:]}")
+            return False
+
+        wait_for("the job to finish", finished, 300)
     finally:
         subprocess.run(["timeout", "30", "scancel", job], env=slurm_cluster)
     step = saved.group(1)

@@ -44,9 +44,13 @@ def _experiment(row: Row | None, scale: str, table: Table) -> list[str]:
     return [f"experiment={row.experiment if row else table.base_experiment}"]
 
 
-def plan(table: Table, scale: str, seeds: int, out: Path, all_stages: tuple[str, ...]) -> tuple[list[Job], dict]:
-    """Base jobs (shared stages per seed) and row jobs (the rest, from the base checkpoints)."""
-    extra = (table.scale_overrides or SCALE_OVERRIDES)[scale]
+def plan(table: Table, scale: str, seeds: int, out: Path, all_stages: tuple[str, ...],
+         user_overrides: list[str] = ()) -> tuple[list[Job], dict]:
+    """Base jobs (shared stages per seed) and row jobs (the rest, from the base checkpoints).
+
+    `user_overrides` (e.g. `trainer=gpu`) go to every run, after the table's own.
+    """
+    extra = [*(table.scale_overrides or SCALE_OVERRIDES)[scale], *user_overrides]
     shared = max((row.shared for row in table.rows), key=len)
     bases, rows = [], {}
     for seed in range(seeds):
