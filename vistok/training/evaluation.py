@@ -164,28 +164,37 @@ class BitMetrics:
 
 
 class UsageWindow:
-    """Codebook usage and perplexity over the last `window` training steps, kept sparse.
+    """Codebook usage and perplexity over the last `window` training steps.
 
-    Stores each step's (code id, count) pairs rather than a (K,) histogram per step: a 16-bit binary token
-    has K = 65,536 ids, and a dense window of 100 such histograms costs ~50 MB and ~25 ms a step on a CPU.
+    One running (K,) histogram on the ids' device: each step adds its ids' counts and takes away those of
+    the step leaving the window. A step costs O(B*N + K) on the device and never waits for it (no copy to
+    the CPU, no sort of the whole window); `stats` returns 0-d tensors, read when the logger writes them.
+    K can be 65,536 (16-bit binary tokens): one histogram, not one per step.
     """
 
     def __init__(self, codebook_size: int, window: int):
         self.codebook_size = codebook_size
-        self.steps: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=window)
+        self.steps: deque[torch.Tensor] = deque(maxlen=window)  # each step's flattened ids (B*N*C,)
+        self.histogram: torch.Tensor | None = None  # (K,) int64 counts over the window
 
     def add(self, indices: torch.Tensor) -> None:
-        ids, counts = indices.detach().flatten().long().cpu().unique(return_counts=True)
-        self.steps.append((ids, counts))
+        ids = indices.detach().flatten().long()
+        if self.histogram is None or self.histogram.device != ids.device:  # first step, or the module moved
+            self.histogram = torch.zeros(self.codebook_size, dtype=torch.long, device=ids.device)
+            self.steps = deque((old.to(ids.device) for old in self.steps), maxlen=self.steps.maxlen)
+            for old in self.steps:
+                self.histogram.index_add_(0, old, torch.ones_like(old))
+        if len(self.steps) == self.steps.maxlen:
+            leaving = self.steps[0]
+            self.histogram.index_add_(0, leaving, -torch.ones_like(leaving))
+        self.steps.append(ids)
+        self.histogram.index_add_(0, ids, torch.ones_like(ids))
 
-    def stats(self) -> dict[str, float]:
-        """Same values as `codebook_stats` on the window's dense histogram."""
-        if not self.steps:
-            return {"codebook_usage": 0.0, "codebook_perplexity": 1.0}
-        ids = torch.cat([i for i, _ in self.steps])
-        counts = torch.cat([c for _, c in self.steps]).double()
-        used, where = ids.unique(return_inverse=True)
-        totals = torch.zeros(len(used), dtype=torch.float64).index_add_(0, where, counts)
-        probs = totals / totals.sum()
-        entropy = -(probs * probs.log()).sum()
-        return {"codebook_usage": len(used) / self.codebook_size, "codebook_perplexity": float(entropy.exp())}
+    def stats(self) -> dict[str, torch.Tensor]:
+        """Same values as `codebook_stats` on the window's histogram, as 0-d tensors."""
+        if self.histogram is None:
+            return {"codebook_usage": torch.tensor(0.0), "codebook_perplexity": torch.tensor(1.0)}
+        counts = self.histogram.double()
+        probs = counts / counts.sum()
+        entropy = -torch.special.xlogy(probs, probs).sum()  # 0 log 0 = 0
+        return {"codebook_usage": (counts > 0).double().mean(), "codebook_perplexity": entropy.exp()}

@@ -265,13 +265,21 @@ class VistokModule(L.LightningModule):
         return logs
 
     def _log_training(self, logs: dict, batch_size: int) -> None:
+        self.log("loss", logs["train/loss"], prog_bar=True, logger=False, batch_size=batch_size)
+        if not (self._logger_writes_this_step() or self.stage_step >= self.stage.steps):
+            return  # each logged value costs Lightning bookkeeping; a step whose values nobody reads skips it
         stats = self._usage.stats()
         logs["train/codebook_usage"] = stats["codebook_usage"]
         logs["train/codebook_perplexity"] = stats["codebook_perplexity"]
         logs["train/lr"] = self._optimizers()[0].param_groups[0]["lr"]
         logs["train/total_step"] = float(self.step_offset + self.stage_step)
         self.log_dict(logs, prog_bar=False, batch_size=batch_size)
-        self.log("loss", logs["train/loss"], prog_bar=True, logger=False, batch_size=batch_size)
+
+    def _logger_writes_this_step(self) -> bool:
+        """Whether Lightning's logger connector writes step metrics after this batch (every
+        `log_every_n_steps`); True when there is no trainer to ask."""
+        connector = getattr(self._trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
 
     # ---- validation ---------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -154,8 +154,11 @@ def shard_module(module: nn.Module, mesh, mixed_precision: str | None = None,
             "FSDP2 needs every parameter inside a module whose forward the training step calls; these are not: "
             f"{missing[:8]}{' ...' if len(missing) > 8 else ''}. Move them into the encoder/quantizer/decoder.")
     bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    # The fp32 units also cast their floating inputs to fp32 (the encoder's bf16 output into the quantizer,
+    # the decoder's bf16 reconstruction into the loss): their math, and its backward, then sees one dtype.
+    fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
     for _, unit, keep_fp32 in units:
-        policy = bf16 if mixed_precision == "bf16" and not keep_fp32 else MixedPrecisionPolicy()
+        policy = MixedPrecisionPolicy() if mixed_precision != "bf16" else fp32 if keep_fp32 else bf16
         fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
     fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
     # FSDP2 makes the first unit whose forward runs the root. Lightning calls `training_step`, never the
