@@ -16,6 +16,17 @@ def test_unknown_benchmark_is_an_error_naming_the_choices(capsys):
     assert "step_overhead" in capsys.readouterr().err
 
 
+def test_an_unavailable_device_is_an_error_before_any_measurement(capsys):
+    import torch
+
+    devices = ["tpu"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in devices:
+        with pytest.raises(SystemExit) as info:
+            bench.main(["step_overhead", "--device", device])
+        assert info.value.code == 2
+        assert f"--device {device}" in capsys.readouterr().err
+
+
 def test_quantizer_adapter_measures_both_sides(tmp_path):
     from scripts.benchmarks.quantizer import quantizer_adapter
 

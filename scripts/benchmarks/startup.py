@@ -36,9 +36,8 @@ def main_job(timeout: int = 3600, device: str = "cpu") -> dict:
     with tempfile.TemporaryDirectory(prefix="vistok-main-") as run_dir:
         start = time.perf_counter()
         result = subprocess.run([sys.executable, str(ROOT / "train.py"), *extra, f"hydra.run.dir={run_dir}"],
-                                cwd=ROOT,
-                                env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True,
-                                timeout=timeout)
+                                cwd=ROOT, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True,
+                                text=True, timeout=timeout)
         wall = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"python train.py failed:\n{(result.stdout + result.stderr)[-3000:]}")

@@ -45,9 +45,9 @@ def _lightning_seconds(module, batch, steps: int, device: torch.device, skip: in
 
     clock = _StepClock(device)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
-    trainer = L.Trainer(accelerator=accelerator, devices=1, precision="32-true", max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0, callbacks=[clock.callback])
+    trainer = L.Trainer(accelerator=accelerator, devices=1, precision="32-true", max_steps=steps, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock.callback])
     loader = torch.utils.data.DataLoader([batch] * steps, batch_size=None, collate_fn=lambda b: b)
     trainer.fit(module, train_dataloaders=loader)
     return statistics.median(clock.intervals(skip))
