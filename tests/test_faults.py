@@ -357,6 +357,30 @@ def test_bad_config_fails_before_heavy_work_naming_the_key(case, tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_fails_the_run_without_finishing_its_stage_and_a_rerun_resumes(tmp_path, cache_dir):
+    """A plain `kill PID` (SIGTERM: a scheduler, a timeout): non-zero exit, the stage is not marked done."""
+    run_dir = tmp_path / "run"
+    args = ["experiment=vq_mini", *TINY, "max_steps_per_stage=120", "checkpoint_every=2"]
+    env = {**os.environ, "VISTOK_CACHE": str(cache_dir), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = stage_dir(run_dir) / "step000002.ckpt"
+    deadline = time.time() + 300
+    while not first.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before its first checkpoint"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0, "an interrupted run must not exit 0"
+    assert "stage 'tokenizer' stopped by SIGTERM at step" in stderr, stderr[-2000:]
+    assert not (stage_dir(run_dir) / "done").exists()
+    rerun = run_train(args, run_dir, cache_dir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming stage 'tokenizer'" in rerun.stdout + rerun.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 120
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_at_its_step_and_keeps_checkpoints_finite(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     result = run_train(["experiment=vq_mini", *TINY, "checkpoint_every=1", *inject_nan_at(2)], run_dir,

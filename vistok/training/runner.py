@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from vistok.export import save_tokenizer
@@ -97,8 +98,16 @@ def _fit_stage(cfg: DictConfig, module: VistokModule, datamodule, stage: Stage, 
     plugins = None if cfg.trainer.get("plugins") else [AtomicCheckpointIO()]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=_callbacks(cfg, stage_dir),
                                      plugins=plugins)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    except SIGTERMException:  # Lightning's own exit on SIGTERM has status 0: a scheduler would call it success
+        raise SystemExit(f"stage '{stage.name}' stopped by SIGTERM at step {module.stage_step} of {stage.steps}; "
+                         f"the same command resumes from its last checkpoint in {stage_dir}") from None
     trainer.save_checkpoint(stage_dir / "last.ckpt")
+    if module.stage_step < stage.steps:
+        # fit returned before the stage's last step; a `done` marker now would make the next run skip the rest.
+        raise SystemExit(f"stage '{stage.name}' stopped at step {module.stage_step} of {stage.steps} "
+                         f"(interrupted); {stage_dir / 'last.ckpt'} holds it and the same command resumes it")
     trainer.validate(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:
         (stage_dir / "done").write_text(json.dumps(module.val_metrics))
