@@ -82,7 +82,7 @@ def caption_labels(captions: list[str]) -> dict[str, torch.Tensor]:
     return {slot: torch.tensor(values, dtype=torch.long) for slot, values in labels.items()}
 
 
-def load_split(pattern: str, resolution: int, limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
+def load_split(pattern: str | list[str], resolution: int, limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
     """All images (B, 3, R, R) in [-1, 1] and captions of a shard pattern, in shard order."""
     from vistok.data.wds import expand_urls, make_val_loader
 
@@ -143,12 +143,15 @@ class TrainedClassifier:
     path: Path
 
 
-def ensure_classifier(cache_dir: str | Path, train_pattern: str, val_pattern: str, resolution: int,
-                      recipe: ClassifierRecipe | None = None) -> TrainedClassifier:
+def ensure_classifier(cache_dir: str | Path, train_urls: str | list[str], val_urls: str | list[str],
+                      resolution: int, recipe: ClassifierRecipe | None = None) -> TrainedClassifier:
     """The judge for this dataset: loaded from `cache_dir` when a finished one is there, else trained on the
-    real training images, scored on the real held-out images and saved (atomically)."""
+    real training images, scored on the real held-out images and saved (atomically). The cache key holds
+    the training shards' paths (the generated dataset's directory names hash its parameters)."""
+    from vistok.data.wds import expand_urls
+
     recipe = recipe or ClassifierRecipe()
-    key = json.dumps({"train": os.path.dirname(train_pattern), "resolution": resolution, **asdict(recipe),
+    key = json.dumps({"train": expand_urls(train_urls), "resolution": resolution, **asdict(recipe),
                       "format": _FORMAT_VERSION}, sort_keys=True)
     path = Path(cache_dir) / f"attribute-classifier-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
     if path.is_file():
@@ -156,8 +159,8 @@ def ensure_classifier(cache_dir: str | Path, train_pattern: str, val_pattern: st
         model = AttributeClassifier(resolution, recipe.width, recipe.hidden)
         model.load_state_dict(saved["state_dict"])
         return TrainedClassifier(model.eval(), saved["heldout_accuracy"], path)
-    model = train_classifier(*load_split(train_pattern, resolution), recipe)
-    heldout = attribute_accuracy(model, *load_split(val_pattern, resolution))
+    model = train_classifier(*load_split(train_urls, resolution), recipe)
+    heldout = attribute_accuracy(model, *load_split(val_urls, resolution))
     _save_atomically({"state_dict": model.state_dict(), "heldout_accuracy": heldout}, path)
     return TrainedClassifier(model, heldout, path)
 
