@@ -11,7 +11,6 @@ from tqdm.auto import tqdm
 
 from vistok.generation.sampling import SamplingOptions, guide, sample_bits, sample_codes
 from vistok.generation.sequence import build_sequence
-from vistok.models.visual_head import BitHead
 
 
 @dataclass
@@ -109,9 +108,8 @@ class TextToImage:
 
     def _draw(self, logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator) -> torch.Tensor:
         """One token's ids (B, C) from its logits."""
-        if isinstance(self.visual_head, BitHead):
-            return self.visual_head.to_indices(sample_bits(logits, options, generator))
-        return self.visual_head.to_indices(sample_codes(logits, options, generator))
+        draw = sample_bits if self.visual_head.kind == "bits" else sample_codes
+        return self.visual_head.to_indices(draw(logits, options, generator))
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:

@@ -42,12 +42,12 @@ class CodeHead(nn.Module):
         logits = self.proj(hidden).unflatten(-1, (len(self.codebook_sizes), self.vocab))  # (B, L, C, V)
         return logits.masked_fill(self.invalid, float("-inf"))
 
-    def targets(self, indices: torch.Tensor) -> torch.Tensor:
+    def targets(self, tokenizer: nn.Module, indices: torch.Tensor) -> torch.Tensor:
         """The training targets of tokenizer ids (B, N, C): the ids themselves."""
         return indices.long()
 
     def to_indices(self, sampled: torch.Tensor) -> torch.Tensor:
-        """Sampled ids (B, N, C) -> tokenizer ids (B, N, C)."""
+        """Sampled ids (..., C) -> tokenizer ids (..., C)."""
         return sampled.long()
 
 
@@ -72,12 +72,14 @@ class BitHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.proj(hidden)  # (B, L, K)
 
+    def targets(self, tokenizer: nn.Module, indices: torch.Tensor) -> torch.Tensor:
+        """The training targets of tokenizer ids (B, N, C): their K bits (B, N, K) as floats in {0, 1}."""
+        return tokenizer.token_bits(indices).float()
+
     def to_indices(self, bits: torch.Tensor) -> torch.Tensor:
-        """Sampled bits (B, N, K) in {0, 1} -> tokenizer ids (B, N, C), most significant bit first."""
+        """Sampled bits (..., K) in {0, 1} -> tokenizer ids (..., C), most significant bit first."""
         return pack_bits(bits, self.index_bits)
 
-
-VisualHead = CodeHead | BitHead
 
 
 def build_visual_head(tokenizer: nn.Module, hidden_size: int) -> CodeHead | BitHead:
@@ -86,10 +88,3 @@ def build_visual_head(tokenizer: nn.Module, hidden_size: int) -> CodeHead | BitH
     if bits is not None and hasattr(tokenizer, "token_bits"):
         return BitHead(hidden_size, bits, getattr(tokenizer.quantizer, "index_bits", bits))
     return CodeHead(hidden_size, tuple(tokenizer.codebook_sizes))
-
-
-def head_targets(head: CodeHead | BitHead, tokenizer: nn.Module, indices: torch.Tensor) -> torch.Tensor:
-    """What the head learns to predict from tokenizer ids (B, N, C): ids (B, N, C) long, or bits (B, N, K)."""
-    if isinstance(head, BitHead):
-        return tokenizer.token_bits(indices).float()
-    return head.targets(indices)

@@ -22,7 +22,7 @@ from vistok.generation.sequence import align_targets, build_sequence, drop_capti
 from vistok.losses.generation import GenerationLoss, visual_token_loss
 from vistok.losses.gan import LeCAM, hinge_d_loss
 from vistok.losses.recon import TokenizerLoss
-from vistok.models.visual_head import build_visual_head, head_targets
+from vistok.models.visual_head import build_visual_head
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput
 from vistok.training.budgets import TokenBudgetSampler, check_budgets
 from vistok.training.evaluation import UsageWindow, ValidationAccumulator
@@ -212,7 +212,7 @@ class VistokModule(L.LightningModule):
         ids, attention = self.llm.tokenize_prompts(captions, self.max_caption_tokens)
         sequence = build_sequence(self.llm.embed_text(ids), attention, self.visual_inputs(out))
         logits = self.visual_head(self.llm.hidden_states(sequence.inputs_embeds, sequence.attention))
-        targets = align_targets(head_targets(self.visual_head, self.tokenizer, out.indices), sequence.prompt_length)
+        targets = align_targets(self.visual_head.targets(self.tokenizer, out.indices), sequence.prompt_length)
         return visual_token_loss(logits, targets, sequence.predicts_visual)
 
     def _gan_active(self) -> bool:
