@@ -199,3 +199,10 @@ def test_ett_mini_gen_tiny_run_then_generate(tmp_path, cache_dir):
     assert generate([str(run_dir), "--num", "3", "--columns", "3", "--top-k", "8", "--out", str(out)]) == 0
     assert Image.open(out).size[0] >= 3 * 128
     assert generate([str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+    from scripts.geneval import main as geneval
+
+    report = tmp_path / "geneval.json"
+    assert geneval([str(run_dir), "--num-images", "4", "--cache-dir", str(cache_dir), "--out", str(report)]) == 0
+    again = json.loads(report.read_text())
+    assert again["geneval_images"] == 4 and again["geneval_classifier_accuracy"] == final["geneval_classifier_accuracy"]
