@@ -207,3 +207,20 @@ def test_ett_mini_gen_tiny_run_then_generate(tmp_path, cache_dir):
     assert geneval([str(run_dir), "--num-images", "4", "--cache-dir", str(cache_dir), "--out", str(report)]) == 0
     again = json.loads(report.read_text())
     assert again["geneval_images"] == 4 and again["geneval_classifier_accuracy"] == final["geneval_classifier_accuracy"]
+
+
+def test_ett_table4_has_a_geneval_column_beside_the_papers():
+    from vistok.reproduce.report import render, summarise
+    from vistok.reproduce.tables import TABLES
+
+    table = TABLES["ett_table4"]
+    base = {"attribute_accuracy": 0.9, "attribute_accuracy/mark": 0.8, "caption_token_accuracy": 0.9,
+            "caption_exact_match": 0.5, "psnr": 28.0, "codebook_usage": 1.0}
+    runs = {row.experiment: [dict(base)] for row in table.rows}
+    runs["ett_mini"][0]["geneval_accuracy"] = 0.13
+    markdown, _ = render(table, "mini", 1, *summarise(runs))
+    lines = {line.split(" | ")[1]: line for line in markdown.splitlines() if line.startswith("| ") and " | ett_mini" in line}
+    assert "geneval_accuracy (ours)" in markdown and "GenEval (paper)" in markdown
+    assert "| 13.0 ± 0.0 | 60 | 54.8 | 46.9 | 1124.7 | 0.43 |" in lines["ett_mini"]
+    assert "| - | 54.8 | 52.6 | 40.9 | 1034 | 0.34 |" in lines["ett_mini_frozen"]  # no generation stage: "-"
+    assert lines["ett_mini_index"].endswith("| 0.4 |")
