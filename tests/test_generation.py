@@ -48,6 +48,8 @@ def test_visual_loss_ignores_text_positions_and_reads_visual_ones(kind):
     visual_logits[seq.predicts_visual] += 5 * torch.randn_like(visual_logits[seq.predicts_visual])
     assert not torch.allclose(visual_token_loss(visual_logits, targets, seq.predicts_visual).loss, base.loss)
     assert base.count == b * 4 * (2 if kind == "codes" else 6)
+    padding_only = visual_token_loss(logits, targets, torch.zeros_like(seq.predicts_visual))  # nothing scored
+    assert padding_only.count == 0 and padding_only.loss == 0
 
 
 def test_sequence_layout_puts_the_prompts_last_token_before_visual_token_zero():

@@ -47,8 +47,9 @@ def visual_token_loss(logits: torch.Tensor, targets: torch.Tensor, predicts_visu
         raise ValueError(f"logits {tuple(logits.shape)}, targets {tuple(targets.shape)} and mask "
                          f"{tuple(predicts_visual.shape)} must agree on (B, L)")
     picked_logits, picked_targets = logits[predicts_visual], targets[predicts_visual]  # (P, C, V) / (P, K)
-    if picked_logits.shape[0] == 0:
-        raise ValueError("no position predicts a visual token (empty mask)")
+    if picked_logits.shape[0] == 0:  # e.g. a validation batch of padding rows only: nothing scored
+        zero = logits.sum() * 0.0
+        return GenerationLoss(zero, zero.detach().long(), zero.detach().long())
     if targets.is_floating_point():  # bits
         loss = F.binary_cross_entropy_with_logits(picked_logits.float(), picked_targets.float())
         correct = ((picked_logits > 0).float() == picked_targets).sum()

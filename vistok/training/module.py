@@ -205,15 +205,20 @@ class VistokModule(L.LightningModule):
             attention = attention & valid.to(attention.device)[:, None]
         return self.llm(self.visual_inputs(out, budget), ids, attention)
 
-    def generation_forward(self, out: TokenizerOutput, captions: list[str]) -> GenerationLoss:
+    def generation_forward(self, out: TokenizerOutput, captions: list[str],
+                           valid: torch.Tensor | None = None) -> GenerationLoss:
         """Text-to-image loss: `[<bos> caption][visual tokens]`, the visual head predicting each visual token's
         codes from the prompt and the tokens before it. Visual inputs come from the codebook embeddings
-        through the projector (or the LLM's visual rows for llm_input=indices), as in understanding."""
+        through the projector (or the LLM's visual rows for llm_input=indices), as in understanding.
+        Rows with `valid` (B,) False are not scored (padding rows)."""
         ids, attention = self.llm.tokenize_prompts(captions, self.max_caption_tokens)
         sequence = build_sequence(self.llm.embed_text(ids), attention, self.visual_inputs(out))
         logits = self.visual_head(self.llm.hidden_states(sequence.inputs_embeds, sequence.attention))
         targets = align_targets(self.visual_head.targets(self.tokenizer, out.indices), sequence.prompt_length)
-        return visual_token_loss(logits, targets, sequence.predicts_visual)
+        scored = sequence.predicts_visual
+        if valid is not None:
+            scored = scored & valid.to(scored.device)[:, None]
+        return visual_token_loss(logits, targets, scored)
 
     def _gan_active(self) -> bool:
         stage = self.stage
@@ -349,8 +354,8 @@ class VistokModule(L.LightningModule):
             self._val.add("caption_tokens", count)
             self._val.add("caption_correct", correct)
             self._val.add("caption_nll", caption.loss.detach() * count)
-        if self.visual_head is not None and len(keep):
-            generation = self.generation_forward(_rows(out, keep), [batch["caption"][i] for i in keep.tolist()])
+        if self.visual_head is not None:  # the full batch on every rank (FSDP collectives), padding rows unscored
+            generation = self.generation_forward(out, batch["caption"], valid)
             self._val.add("generation_count", generation.count)
             self._val.add("generation_correct", generation.correct)
             self._val.add("generation_nll", generation.loss.detach() * generation.count)
