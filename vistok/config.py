@@ -96,14 +96,19 @@ def check_stages(cfg: DictConfig) -> None:
         stages = stages_from_config(cfg.stages, cfg.get("max_steps_per_stage"), cfg.get("stage_defaults"))
     except (TypeError, ValueError) as exn:
         raise ConfigError(f"stages: {exn}") from exn
+    generation = bool(OmegaConf.select(cfg, "module.generation", default=False))
     present = {"llm": cfg.get("llm") is not None, "projector": cfg.get("projector") is not None,
+               "visual_head": generation,
                "discriminator": OmegaConf.select(cfg, "module.discriminator") is not None}
     for stage in stages:
+        if stage.generation_weight > 0 and not generation:
+            raise ConfigError(f"stages.{stage.name}.generation_weight={stage.generation_weight} trains text-to-image, "
+                              "but module.generation is false (no visual head); set module.generation=true")
         for group in stage.train:
             if not present.get(group, True):
-                key = "module.discriminator" if group == "discriminator" else group
+                key = {"discriminator": "module.discriminator", "visual_head": "module.generation"}.get(group, group)
                 raise ConfigError(f"stages.{stage.name}.train names '{group}', but this experiment has no "
-                                  f"{group} ({key} is null)")
+                                  f"{group} ({key} is {'false' if group == 'visual_head' else 'null'})")
             try:
                 stage.lr_for(group)
             except KeyError as exn:

@@ -306,6 +306,46 @@ class CausalLM(nn.Module):
             attention[i, : len(row)] = True
         return ids.to(self.device), attention.to(self.device)
 
+    def tokenize_prompts(self, captions: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenizes captions as text-to-image prompts: `<bos> caption tokens`, left-padded.
+
+        Left padding puts every prompt's last token right before the first visual token, so the output at
+        position T-1 predicts visual token 0 in every row. An empty caption (the unconditional prompt of
+        classifier-free guidance) is `<bos>` alone. Padding is masked from attention; the LLM's rotary
+        positions are relative, so the left pad does not change what a row computes.
+
+        Returns:
+            ids: (B, T) int64 on the model's device, T <= max_length.
+            attention: (B, T) bool, True on bos and caption tokens.
+        """
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        encoded = self.tokenizer(list(captions), add_special_tokens=False)["input_ids"]
+        start = self.tokenizer.bos_token_id
+        start = self.tokenizer.eos_token_id if start is None else start  # LLMs without a bos token
+        rows = [[start] + ids[: max_length - 1] for ids in encoded]
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), length), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            ids[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
+            attention[i, length - len(row):] = True
+        return ids.to(self.device), attention.to(self.device)
+
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """Last-layer hidden states of the decoder for a sequence of input embeddings.
+
+        Args:
+            inputs_embeds: (B, L, H).
+            attention: (B, L) bool, False on padding.
+
+        Returns:
+            (B, L, H) hidden states (what the text head and the visual head both read).
+        """
+        embeds = inputs_embeds.to(self.model.get_input_embeddings().weight.dtype)
+        out = self.model.base_model(inputs_embeds=embeds, attention_mask=attention.long(), use_cache=False)
+        return out.last_hidden_state
+
     def add_visual_vocab(self, num_codes: int) -> int:
         """Appends `num_codes` rows to the token embeddings for the discrete-index arm.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -20,7 +21,10 @@ def summarise(per_row: dict[str, list[dict]]) -> tuple[dict, dict]:
 
 
 def _cell(mean: float, std: float, metric: str) -> str:
-    if metric.startswith(("attribute", "caption_token", "caption_exact", "codebook_usage", "probe_accuracy")):
+    if math.isnan(mean):  # a metric this row does not measure (e.g. geneval_accuracy without a generation stage)
+        return "-"
+    if metric.startswith(("attribute", "caption_token", "caption_exact", "codebook_usage", "probe_accuracy",
+                          "geneval_accuracy")):
         return f"{100 * mean:.1f} ± {100 * std:.1f}"
     return f"{mean:.2f} ± {std:.2f}"
 

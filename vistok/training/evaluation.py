@@ -42,7 +42,8 @@ class ValidationAccumulator:
 
     # Every rank reduces the same keys in the same order, even a rank that saw no batch.
     KEYS = ("images", "psnr", "ssim", "caption_tokens", "caption_nll", "caption_correct", "captions",
-            "caption_exact_match", "slot_captions", *(f"attribute_accuracy/{s}" for s in SLOTS))
+            "caption_exact_match", "slot_captions", *(f"attribute_accuracy/{s}" for s in SLOTS),
+            "generation_count", "generation_correct", "generation_nll")
 
     def __post_init__(self) -> None:
         self.sums = dict.fromkeys(self.KEYS, 0.0)
@@ -99,6 +100,9 @@ class ValidationAccumulator:
         if sums.get("caption_tokens"):
             metrics["caption_loss"] = sums["caption_nll"] / sums["caption_tokens"]
             metrics["caption_token_accuracy"] = sums["caption_correct"] / sums["caption_tokens"]
+        if sums.get("generation_count"):  # teacher-forced visual-token predictions (text-to-image)
+            metrics["generation_loss"] = sums["generation_nll"] / sums["generation_count"]
+            metrics["generation_accuracy"] = sums["generation_correct"] / sums["generation_count"]
         if sums.get("captions"):
             metrics["caption_exact_match"] = sums["caption_exact_match"] / sums["captions"]
         if sums.get("slot_captions"):

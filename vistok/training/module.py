@@ -1,6 +1,7 @@
 """The LightningModule: a tokenizer, optionally an LLM reading its tokens, trained stage by stage.
 
-L = caption_weight * L_caption + alpha * L_tokenizer (ETT, arXiv 2505.10562). Everything that only
+L = caption_weight * L_caption + generation_weight * L_generation + alpha * L_tokenizer (ETT, arXiv 2505.10562;
+L_generation: the LLM's visual head predicting the tokenizer's codes from a caption, ETT stage 3 "Gen"). Everything that only
 exists for training (loss weights, discriminator, optimisers, schedules) lives here, not in the tokenizer.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from functools import partial
 from typing import Callable
 
@@ -16,8 +18,11 @@ import torch
 from torch import nn
 
 from vistok.eval.streams import StreamMetrics
+from vistok.generation.sequence import align_targets, build_sequence, drop_captions
+from vistok.losses.generation import GenerationLoss, visual_token_loss
 from vistok.losses.gan import LeCAM, hinge_d_loss
 from vistok.losses.recon import TokenizerLoss
+from vistok.models.visual_head import build_visual_head
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput
 from vistok.training.budgets import TokenBudgetSampler, check_budgets
 from vistok.training.evaluation import UsageWindow, ValidationAccumulator
@@ -50,6 +55,10 @@ class VistokModule(L.LightningModule):
         eval_token_budgets: budgets at which validation also scores captions (`caption_token_accuracy@<n>`).
         semantic: a semantic distillation loss (frozen teacher), added to the tokenizer loss; None = off.
         probe: compute the linear probes (`probe_accuracy[/...]`) at validation.
+        generation: add the LLM's visual output head (`visual_head` group), so stages with a
+            `generation_weight` train text-to-image: caption -> the tokenizer's codes.
+        caption_dropout: probability that a generation-direction caption is replaced by "" in training
+            (the unconditional branch of classifier-free guidance).
     """
 
     def __init__(self, tokenizer: Tokenizer, loss: TokenizerLoss, optimizer: Callable, llm: nn.Module | None = None,
@@ -58,7 +67,8 @@ class VistokModule(L.LightningModule):
                  max_caption_tokens: int = 24, usage_window: int = 100, num_sample_captions: int = 8,
                  nan_policy: str = "raise", max_nan_skips: int = 10, token_budgets: list[int] | None = None,
                  budget_probs: list[float] | None = None, eval_token_budgets: list[int] | None = None,
-                 semantic: nn.Module | None = None, probe: bool = False):
+                 semantic: nn.Module | None = None, probe: bool = False, generation: bool = False,
+                 caption_dropout: float = 0.1):
         super().__init__()
         self.budgets = None  # TokenFLEX: a budget per training batch, seeded from the run's seed
         if token_budgets:
@@ -83,6 +93,11 @@ class VistokModule(L.LightningModule):
         self.max_caption_tokens, self.num_sample_captions = max_caption_tokens, num_sample_captions
         if llm is not None and llm_input == "indices":
             llm.add_visual_vocab(tokenizer.codebook_size)
+        self.visual_head = self._build_visual_head(generation, tokenizer, llm, projector)
+        if not 0.0 <= caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
+        self.caption_dropout = caption_dropout
+        self._dropout_rng = random.Random(torch.initial_seed())
         self.stage: Stage | None = None
         self.step_offset = 0  # generator steps taken in earlier stages (for a monotonic x-axis)
         # Generator steps in this stage. Lightning's global_step counts every optimiser's steps, which
@@ -93,11 +108,25 @@ class VistokModule(L.LightningModule):
         self.val_metrics: dict[str, float] = {}
         self.val_preview: dict = {}
 
+    @staticmethod
+    def _build_visual_head(generation: bool, tokenizer: Tokenizer, llm: nn.Module | None,
+                           projector: nn.Module | None) -> nn.Module | None:
+        """The visual output head when generation is on; generation needs one LLM input per visual token."""
+        if not generation:
+            return None
+        if llm is None:
+            raise ValueError("generation=true needs an llm (the LLM writes the visual tokens)")
+        if getattr(projector, "pool_tokens", None) is not None:
+            raise ValueError(f"generation needs one LLM input per visual token, but the projector pools the "
+                             f"{tokenizer.num_tokens} tokens to {projector.pool_tokens}; set projector.pool_tokens=null")
+        return build_visual_head(tokenizer, llm.hidden_size)
+
     # ---- stages -------------------------------------------------------------------------------
     def groups(self) -> dict[str, nn.Module | None]:
         tok = self.tokenizer
         return {"encoder": tok.encoder, "quantizer": tok.quantizer, "decoder": tok.decoder,
-                "projector": self.projector, "llm": self.llm, "discriminator": self.discriminator}
+                "projector": self.projector, "llm": self.llm, "visual_head": self.visual_head,
+                "discriminator": self.discriminator}
 
     def set_stage(self, stage: Stage, step_offset: int = 0) -> None:
         """Freeze everything the stage does not train: no grads and eval mode (no EMA/codebook updates)."""
@@ -105,6 +134,10 @@ class VistokModule(L.LightningModule):
             raise ValueError(f"stage '{stage.name}' trains a discriminator but the module has none")
         if self.llm is None and (stage.trains("llm") or stage.trains("projector")):
             raise ValueError(f"stage '{stage.name}' trains the LLM/projector but the experiment has no llm")
+        if self.visual_head is None and (stage.generation_weight > 0 or stage.trains("visual_head")):
+            raise ValueError(f"stage '{stage.name}' trains generation (generation_weight="
+                             f"{stage.generation_weight}, train={list(stage.train)}) but the module has no visual "
+                             "head; set module.generation=true")
         self.stage, self.step_offset, self.stage_step = stage, step_offset, 0
         for name, module in self.groups().items():
             if module is not None:
@@ -172,6 +205,21 @@ class VistokModule(L.LightningModule):
             attention = attention & valid.to(attention.device)[:, None]
         return self.llm(self.visual_inputs(out, budget), ids, attention)
 
+    def generation_forward(self, out: TokenizerOutput, captions: list[str],
+                           valid: torch.Tensor | None = None) -> GenerationLoss:
+        """Text-to-image loss: `[<bos> caption][visual tokens]`, the visual head predicting each visual token's
+        codes from the prompt and the tokens before it. Visual inputs come from the codebook embeddings
+        through the projector (or the LLM's visual rows for llm_input=indices), as in understanding.
+        Rows with `valid` (B,) False are not scored (padding rows)."""
+        ids, attention = self.llm.tokenize_prompts(captions, self.max_caption_tokens)
+        sequence = build_sequence(self.llm.embed_text(ids), attention, self.visual_inputs(out))
+        logits = self.visual_head(self.llm.hidden_states(sequence.inputs_embeds, sequence.attention))
+        targets = align_targets(self.visual_head.targets(self.tokenizer, out.indices), sequence.prompt_length)
+        scored = sequence.predicts_visual
+        if valid is not None:
+            scored = scored & valid.to(scored.device)[:, None]
+        return visual_token_loss(logits, targets, scored)
+
     def _gan_active(self) -> bool:
         stage = self.stage
         return (self.discriminator is not None and stage.gan_start is not None
@@ -202,6 +250,12 @@ class VistokModule(L.LightningModule):
             caption = self.caption_forward(out, batch["caption"], budget=budget)
             total = total + stage.caption_weight * caption.loss
             logs["train/caption_loss"] = caption.loss.detach()
+        if self.visual_head is not None and stage.generation_weight > 0:
+            captions = drop_captions(batch["caption"], self.caption_dropout, self._dropout_rng)
+            generation = self.generation_forward(out, captions)
+            total = total + stage.generation_weight * generation.loss
+            logs["train/generation_loss"] = generation.loss.detach()
+            logs["train/generation_accuracy"] = generation.accuracy.detach()
         if not self._finite(total, logs):
             return None  # batch dropped: no update, no step counted
         self._generator_step(total)
@@ -308,6 +362,11 @@ class VistokModule(L.LightningModule):
             self._val.add("caption_tokens", count)
             self._val.add("caption_correct", correct)
             self._val.add("caption_nll", caption.loss.detach() * count)
+        if self.visual_head is not None:  # the full batch on every rank (FSDP collectives), padding rows unscored
+            generation = self.generation_forward(out, batch["caption"], valid)
+            self._val.add("generation_count", generation.count)
+            self._val.add("generation_correct", generation.correct)
+            self._val.add("generation_nll", generation.loss.detach() * generation.count)
         for budget in self.eval_token_budgets:  # TokenFLEX: the same captions at every token budget
             scored = self.caption_forward(out, batch["caption"], valid, budget=budget)
             self._val.budget_accuracy.add(budget, *self.llm.token_accuracy(scored), scored.loss.detach())

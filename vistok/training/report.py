@@ -42,6 +42,11 @@ class RunReport:
         self.data.update(steps=steps, wall_seconds=round(wall_seconds, 1))
         self._write()
 
+    def add_final(self, metrics: dict) -> None:
+        """Run-level metrics measured after the last stage (mini-GenEval), merged into `final`."""
+        self.data["final"].update(metrics)
+        self._write()
+
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")

@@ -136,6 +136,32 @@ def save_exports(cfg: DictConfig, module: VistokModule, out_dir: Path, meta: dic
         save_llm(module, _projector_config(cfg, module), out_dir / "llm")
 
 
+def geneval_enabled(cfg: DictConfig, module: VistokModule) -> bool:
+    enabled = bool(OmegaConf.select(cfg, "geneval.enabled", default=False))
+    if enabled and module.visual_head is None:
+        raise ValueError("geneval.enabled=true needs a model that generates (module.generation=true)")
+    return enabled
+
+
+def geneval(cfg: DictConfig, module: VistokModule, datamodule, out_dir: Path) -> dict:
+    """Mini-GenEval of the final model (vistok/generation/evaluate.py); writes images/geneval.png."""
+    from vistok.generation.evaluate import run_geneval
+    from vistok.generation.generator import TextToImage
+    from vistok.generation.sampling import SamplingOptions
+
+    g = cfg.geneval
+    options = SamplingOptions(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
+                              guidance_scale=g.guidance_scale, seed=g.seed)
+    started = time.time()
+    metrics = run_geneval(TextToImage.from_module(module), datamodule.train_urls, datamodule.val_urls,
+                          datamodule.resolution, Path(cfg.paths.cache_dir) / "geneval", options,
+                          num_images=g.num_images, batch_size=g.batch_size, grid_path=out_dir / "images" / "geneval.png",
+                          progress=False)
+    metrics["geneval_seconds"] = round(time.time() - started, 1)
+    print("geneval: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "/" not in k))
+    return metrics
+
+
 def run(cfg: DictConfig) -> dict:
     """Train every stage of `cfg`, write metrics.json, pictures and the exported tokenizer. Returns metrics."""
     start = time.time()
@@ -171,9 +197,13 @@ def run(cfg: DictConfig) -> dict:
     if is_zero:
         report.finish(steps=offset, wall_seconds=time.time() - start, data_skipped=module.skipped_samples,
                       nan_skipped=module.nan_skips)
+        final = None
+        if geneval_enabled(cfg, module):
+            final = unsharded(cfg, module, datamodule, out_dir / "checkpoints" / stages[-1].name)
+            report.add_final(geneval(cfg, final, datamodule, out_dir))
         if cfg.export.enabled:
-            save_exports(cfg, unsharded(cfg, module, datamodule, out_dir / "checkpoints" / stages[-1].name),
-                       out_dir, {"experiment": cfg.name, "step": offset, "metrics": report.final})
+            final = final or unsharded(cfg, module, datamodule, out_dir / "checkpoints" / stages[-1].name)
+            save_exports(cfg, final, out_dir, {"experiment": cfg.name, "step": offset, "metrics": report.final})
     for logger in loggers:
         logger.finalize("success")
     return report.final

@@ -8,7 +8,7 @@ from typing import Any
 
 # Groups a stage may name. "tokenizer" is shorthand for the three tokenizer groups.
 TOKENIZER_GROUPS = ("encoder", "quantizer", "decoder")
-ALL_GROUPS = TOKENIZER_GROUPS + ("projector", "llm", "discriminator")
+ALL_GROUPS = TOKENIZER_GROUPS + ("projector", "llm", "visual_head", "discriminator")
 
 
 @dataclass
@@ -20,9 +20,12 @@ class Stage:
         steps: optimiser steps in this stage.
         train: groups that receive updates; everything else is frozen (no grads, eval mode, so no
             EMA / codebook / dead-code updates either).
-        caption_weight: weight of the LLM caption loss.
+        caption_weight: weight of the LLM caption loss (understanding: image -> caption).
+        generation_weight: weight of the visual-token loss (generation: caption -> the tokenizer's codes,
+            predicted by the `visual_head` group); 0 = no generation direction in this stage.
         alpha: weight of the whole tokenizer loss (reconstruction + quantizer + GAN terms).
-        lr: learning rate per optimiser group: "tokenizer", "projector", "llm", "discriminator".
+        lr: learning rate per optimiser group: "tokenizer", "projector", "llm", "visual_head", "discriminator";
+            "visual_head" falls back to the "llm" rate (the head is the LLM's second output).
         gan_start: step within the stage at which the discriminator switches on; None = no GAN.
         warmup_ratio: linear warm-up fraction of `steps`, then cosine decay to `min_lr_ratio`.
     """
@@ -31,6 +34,7 @@ class Stage:
     steps: int
     train: tuple[str, ...]
     caption_weight: float = 1.0
+    generation_weight: float = 0.0
     alpha: float = 1.0
     lr: dict[str, float] = field(default_factory=dict)
     gan_start: int | None = None
@@ -45,6 +49,9 @@ class Stage:
         if unknown:
             raise ValueError(f"stage '{self.name}': unknown module group(s) {unknown} in 'train'; "
                              f"choose from {['tokenizer', *ALL_GROUPS]}")
+        if self.generation_weight < 0 or self.caption_weight < 0:
+            raise ValueError(f"stage '{self.name}': loss weights must be >= 0, got caption_weight="
+                             f"{self.caption_weight}, generation_weight={self.generation_weight}")
         if self.steps <= 0:
             raise ValueError(f"stage '{self.name}': steps must be positive, got {self.steps}")
         self.train = tuple(dict.fromkeys(groups))
@@ -58,6 +65,8 @@ class Stage:
 
     def lr_for(self, group: str) -> float:
         key = "tokenizer" if group in TOKENIZER_GROUPS else group
+        if key == "visual_head" and key not in self.lr:
+            key = "llm"
         if key not in self.lr:
             raise KeyError(f"stage '{self.name}' trains '{group}' but sets no lr.{key}")
         return float(self.lr[key])

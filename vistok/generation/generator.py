@@ -1,0 +1,133 @@
+"""Captions -> images: the LLM writes the tokenizer's visual tokens one by one, the tokenizer decodes them."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from vistok.generation.sampling import SamplingOptions, guide, sample_bits, sample_codes
+from vistok.generation.sequence import build_sequence
+
+
+@dataclass
+class GeneratedImages:
+    """Result of `TextToImage.generate`.
+
+    Attributes:
+        captions: the B prompts.
+        indices: (B, N, C) int64 tokenizer ids the LLM wrote.
+        images: (B, 3, H, W) decoded images in [-1, 1].
+    """
+
+    captions: list[str]
+    indices: torch.Tensor
+    images: torch.Tensor
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module | None):
+    """Every submodule in eval mode inside, each restored to its own mode after (some stay frozen on purpose)."""
+    modes = [(m, m.training) for module in modules if module is not None for m in module.modules()]
+    for module in modules:
+        if module is not None:
+            module.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+class TextToImage:
+    """Autoregressive text-to-image with a unified tokenizer.
+
+    Args:
+        tokenizer: the `Tokenizer` whose codes the LLM writes (its decoder makes the pixels).
+        llm: the `CausalLM`.
+        visual_head: the LLM's visual output head (`vistok.models.visual_head`).
+        projector: codebook embeddings -> LLM inputs (llm_input="embeddings"); None for llm_input="indices".
+        llm_input: "embeddings" or "indices", as the model was trained.
+        max_caption_tokens: caption length cap, as in training.
+    """
+
+    def __init__(self, tokenizer: nn.Module, llm: nn.Module, visual_head: nn.Module, projector: nn.Module | None,
+                 llm_input: str = "embeddings", max_caption_tokens: int = 24):
+        if llm_input == "embeddings" and projector is None:
+            raise ValueError("llm_input='embeddings' needs a projector")
+        self.tokenizer, self.llm, self.visual_head, self.projector = tokenizer, llm, visual_head, projector
+        self.llm_input, self.max_caption_tokens = llm_input, max_caption_tokens
+
+    @classmethod
+    def from_module(cls, module) -> "TextToImage":
+        """The generator of a trained `VistokModule` (one with `module.generation=true`)."""
+        if getattr(module, "visual_head", None) is None:
+            raise ValueError("this module has no visual head: train it with module.generation=true")
+        return cls(module.tokenizer, module.llm, module.visual_head, module.projector, module.llm_input,
+                   module.max_caption_tokens)
+
+    def visual_embeddings(self, indices: torch.Tensor) -> torch.Tensor:
+        """Tokenizer ids (B, n, C) -> LLM inputs (B, n, H), exactly as training fed them."""
+        if self.llm_input == "indices":
+            return self.llm.embed_visual_ids(indices[..., 0])
+        return self.projector(self.tokenizer.lookup(indices))
+
+    @torch.no_grad()
+    def sample_indices(self, captions: list[str], options: SamplingOptions, progress: bool = True) -> torch.Tensor:
+        """Write N visual tokens per caption: (B,) captions -> (B, N, C) int64 ids."""
+        if not captions:
+            raise ValueError("no captions to generate from")
+        b, n = len(captions), self.tokenizer.num_tokens
+        prompts = list(captions) + ([""] * b if options.guided else [])  # unconditional branch: empty caption
+        ids, attention = self.llm.tokenize_prompts(prompts, self.max_caption_tokens)
+        prompt_embeds = self.llm.embed_text(ids)  # (B or 2B, T, H)
+        generator = torch.Generator(device=ids.device).manual_seed(options.seed)
+        streams = len(self.tokenizer.codebook_sizes)
+        written = torch.zeros((b, 0, streams), dtype=torch.long, device=ids.device)
+        with eval_mode(self.tokenizer, self.llm, self.visual_head, self.projector):
+            for _ in tqdm(range(n), desc="visual tokens", disable=not progress, leave=False):
+                step = self._next_logits(prompt_embeds, attention, written, options)
+                written = torch.cat([written, self._draw(step, options, generator)[:, None]], dim=1)
+        return written
+
+    def _next_logits(self, prompt_embeds: torch.Tensor, attention: torch.Tensor, written: torch.Tensor,
+                     options: SamplingOptions) -> torch.Tensor:
+        """Logits of the next visual token given the prompt and the tokens so far: (B, C, V) or (B, K)."""
+        history = written.repeat(2, 1, 1) if options.guided else written  # both branches share the tokens
+        visual = self.visual_embeddings(history) if history.shape[1] else prompt_embeds[:, :0]
+        sequence = build_sequence(prompt_embeds, attention, visual)
+        hidden = self.llm.hidden_states(sequence.inputs_embeds, sequence.attention)[:, -1]  # (B or 2B, H)
+        logits = self.visual_head(hidden).float()
+        if not options.guided:
+            return logits
+        conditional, unconditional = logits.chunk(2)
+        return guide(conditional, unconditional, options.guidance_scale)
+
+    def _draw(self, logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator) -> torch.Tensor:
+        """One token's ids (B, C) from its logits."""
+        draw = sample_bits if self.visual_head.kind == "bits" else sample_codes
+        return self.visual_head.to_indices(draw(logits, options, generator))
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) ids -> (B, 3, H, W) images in [-1, 1]."""
+        with eval_mode(self.tokenizer):
+            return self.tokenizer.decode(self.tokenizer.lookup(indices), None).clamp(-1, 1)
+
+    def generate(self, captions: list[str], options: SamplingOptions | None = None, batch_size: int = 64,
+                 progress: bool = True) -> GeneratedImages:
+        """Captions -> images, `batch_size` captions at a time."""
+        options = options or SamplingOptions()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        indices, images = [], []
+        for start in range(0, len(captions), batch_size):
+            chunk = list(captions[start : start + batch_size])
+            chunk_options = SamplingOptions(**{**options.__dict__, "seed": options.seed + start})
+            ids = self.sample_indices(chunk, chunk_options, progress=progress)
+            indices.append(ids)
+            images.append(self.decode(ids))
+        return GeneratedImages(list(captions), torch.cat(indices), torch.cat(images))
