@@ -4,8 +4,8 @@ All sharding code lives here; model code stays single-device code. Lightning's `
 runs FSDP2 (`fully_shard`) on CPU (gloo) and GPU (nccl). Lightning calls `training_step`, not the
 root's `forward`, so every sub-module the step calls must be its own shard unit (a unit only gathers
 its parameters when *its* forward runs): each LLM block, the LLM's input embedding, the LLM itself,
-the tokenizer's encoder, quantizer and decoder, the projector, the discriminator and the loss; the
-root is sharded last. `shard_module` refuses a module with parameters outside any unit, naming them,
+the tokenizer's encoder, quantizer and decoder, the projector, the visual head, the discriminator and
+the loss; the root is sharded last. `shard_module` refuses a module with parameters outside any unit, naming them,
 instead of failing later with "mixed torch.Tensor and DTensor".
 
 Codebooks are buffers, which FSDP2 neither shards nor synchronises: vistok's quantizers all-reduce
@@ -125,7 +125,7 @@ def shard_units(module: nn.Module) -> list[tuple[str, nn.Module, bool]]:
     for name, child in tokenizer.named_children():
         # Quantizers keep fp32: codebook distances and EMA statistics lose too much in bf16.
         units.append((f"tokenizer.{name}", child, name == "quantizer"))
-    for name in ("projector", "discriminator"):
+    for name in ("projector", "visual_head", "discriminator"):
         units.append((name, getattr(module, name, None), False))
     units.append(("semantic", getattr(module, "semantic", None), True))  # distillation loss + frozen teacher
     units.append(("loss", getattr(module, "loss", None), True))
