@@ -104,10 +104,11 @@ def _fit_stage(cfg: DictConfig, module: VistokModule, datamodule, stage: Stage, 
         raise SystemExit(f"stage '{stage.name}' stopped by SIGTERM at step {module.stage_step} of {stage.steps}; "
                          f"the same command resumes from its last checkpoint in {stage_dir}") from None
     trainer.save_checkpoint(stage_dir / "last.ckpt")
-    if module.stage_step < stage.steps:
-        # fit returned before the stage's last step; a `done` marker now would make the next run skip the rest.
-        raise SystemExit(f"stage '{stage.name}' stopped at step {module.stage_step} of {stage.steps} "
-                         f"(interrupted); {stage_dir / 'last.ckpt'} holds it and the same command resumes it")
+    if trainer.interrupted or getattr(trainer, "received_sigterm", False):
+        # fit returned early because of a signal, not `trainer.max_steps` or the stage's own end: a `done`
+        # marker now would make the next run skip the rest of the stage.
+        raise SystemExit(f"stage '{stage.name}' interrupted at step {module.stage_step} of {stage.steps}; "
+                         f"{stage_dir / 'last.ckpt'} holds it and the same command resumes it")
     trainer.validate(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:
         (stage_dir / "done").write_text(json.dumps(module.val_metrics))
