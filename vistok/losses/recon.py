@@ -16,40 +16,27 @@ class TokenizerLoss(nn.Module):
         l1_weight, l2_weight: pixel reconstruction weights.
         quantizer_weights: weight per unprefixed quantizer loss name ("commit", "quant", "entropy", ...);
             a loss the tokenizer returns without a weight here raises, so nothing is silently dropped.
-        quantizer_warmup: steps over which a quantizer loss's weight ramps linearly from 0, per name
-            (e.g. {"code": 1000}): a penalty that saturates the codes before the decoder reads them can
-            freeze them for good (README, 1-D binary tokenizers).
         perceptual: an optional module (images, recon) -> scalar, e.g. LPIPS from local weights.
         perceptual_weight: its weight.
         gan_weight: weight of the generator hinge term once the discriminator is active.
     """
 
     def __init__(self, l1_weight: float = 1.0, l2_weight: float = 0.0, quantizer_weights: dict | None = None,
-                 perceptual: nn.Module | None = None, perceptual_weight: float = 1.0, gan_weight: float = 0.1,
-                 quantizer_warmup: dict | None = None):
+                 perceptual: nn.Module | None = None, perceptual_weight: float = 1.0, gan_weight: float = 0.1):
         super().__init__()
         self.l1_weight, self.l2_weight = l1_weight, l2_weight
         self.quantizer_weights = dict(quantizer_weights or {})
-        self.quantizer_warmup = {name: int(steps) for name, steps in (quantizer_warmup or {}).items()}
-        unknown = sorted(set(self.quantizer_warmup) - set(self.quantizer_weights))
-        if unknown or any(steps < 0 for steps in self.quantizer_warmup.values()):
-            raise ValueError(f"quantizer_warmup needs non-negative steps for weighted losses; got "
-                             f"{self.quantizer_warmup} (unweighted: {unknown})")
         self.perceptual = perceptual
         self.perceptual_weight = perceptual_weight
         self.gan_weight = gan_weight
 
     def forward(self, images: torch.Tensor, recon: torch.Tensor, aux_losses: dict[str, torch.Tensor],
-                fake_logits: torch.Tensor | None = None,
-                step: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Returns (weighted total, {name: unweighted value}) for logging.
-
-        step: the stage's training step, for `quantizer_warmup` (None: every weight at full value).
-        """
+                fake_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Returns (weighted total, {name: unweighted value}) for logging."""
         terms = {"l1": F.l1_loss(recon, images), "l2": F.mse_loss(recon, images)}
         total = self.l1_weight * terms["l1"] + self.l2_weight * terms["l2"]
         for name, value in aux_losses.items():
-            total = total + self._weight(name, step) * value
+            total = total + self._weight(name) * value
             terms[name] = value
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(images, recon)
@@ -59,12 +46,8 @@ class TokenizerLoss(nn.Module):
             total = total + self.gan_weight * terms["gan_g"]
         return total, {k: v.detach() for k, v in terms.items()}
 
-    def _weight(self, prefixed_name: str, step: int | None) -> float:
+    def _weight(self, prefixed_name: str) -> float:
         name = prefixed_name.split("/")[-1]
         if name not in self.quantizer_weights:
             raise KeyError(f"tokenizer loss '{prefixed_name}' has no weight: add loss.quantizer_weights.{name}")
-        weight = float(self.quantizer_weights[name])
-        warmup = self.quantizer_warmup.get(name, 0)
-        if step is None or warmup == 0:
-            return weight
-        return weight * min(1.0, step / warmup)
+        return float(self.quantizer_weights[name])

@@ -237,7 +237,7 @@ class VistokModule(L.LightningModule):
         if stage.trains_tokenizer and stage.alpha > 0:
             recon = self.tokenizer.decode(out.embeddings, out.mask)
             fake_logits = self.discriminator(recon) if use_gan else None
-            tok_loss, terms = self.loss(images, recon, out.losses, fake_logits, step=self.stage_step)
+            tok_loss, terms = self.loss(images, recon, out.losses, fake_logits)
             if self.semantic is not None:
                 semantic_loss, semantic_terms = self.semantic(self.tokenizer, images, out)
                 tok_loss = tok_loss + semantic_loss
