@@ -35,9 +35,10 @@ def test_quantizer_adapter_measures_both_sides(tmp_path):
     assert result["ratio"] == pytest.approx(result["adapter_ms"] / result["direct_ms"])
 
 
-def test_interleaved_timing_alternates_and_takes_medians():
+def test_interleaved_timing_swaps_the_order_each_round_and_takes_medians():
     from scripts.benchmarks.timing import interleaved
 
     order = []
-    interleaved(lambda: order.append("a"), lambda: order.append("b"), calls=2, rounds=2, warmup=0)
-    assert order == ["a", "a", "b", "b", "a", "a", "b", "b"]
+    paired = interleaved(lambda: order.append("a"), lambda: order.append("b"), calls=2, rounds=3, warmup=0)
+    assert order == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
+    assert paired.a_s > 0 and paired.b_s > 0 and paired.ratio > 0

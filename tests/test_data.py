@@ -27,6 +27,7 @@ from vistok.data.generated import (
     write_shards,
 )
 from vistok.data.wds import (
+    _is_success,
     count_samples,
     expand_urls,
     load_image,
@@ -295,6 +296,51 @@ def test_load_image_resizes_and_crops():
     buffer = io.BytesIO()
     Image.new("L", (64, 64), 255).save(buffer, format="JPEG")
     assert load_image(buffer.getvalue(), RES).shape == (3, RES, RES)
+
+
+def _reference_image(data: bytes) -> torch.Tensor:
+    """The straightforward decode: RGB, uint8 array, float tensor, `x / 127.5 - 1`."""
+    with Image.open(io.BytesIO(data)) as img:
+        array = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    return torch.from_numpy(array).permute(2, 0, 1).float() / 127.5 - 1
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "LA"])
+def test_load_image_equals_the_straightforward_decode(mode):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (RES, RES, 4), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGBA").convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    decoded = load_image(buffer.getvalue(), RES)
+    assert decoded.dtype == torch.float32 and decoded.shape == (3, RES, RES)
+    assert torch.equal(decoded, _reference_image(buffer.getvalue()))
+
+
+@pytest.mark.parametrize("meta", [
+    b'{"key": "1", "status": "success"}',
+    b'{"key": "1", "status": "failed_to_download"}',
+    b'{"key": "1", "status":"failed"}',
+    b'{"status": "failed", "status": "success"}',
+    b'{"status": "success", "status": "failed"}',
+    b'{"extra": {"status": "success"}, "status": "failed"}',
+    b'{"extra": {"status": "success"}}',
+    b'{"note": "\\"status\\": \\"success\\"", "status": "failed"}',
+    b'{"key": "1"}',
+    b'{"status": "success", "\\u0073tatus": "failed"}',
+    b'["status", "failed"]',
+    b'{"status": "success"',
+    b'not json',
+    '{"status": "failed"}'.encode("utf-16"),
+    '{"key": "1", "status": "success"}'.encode("utf-16"),
+])
+def test_status_filter_agrees_with_parsing_the_json(meta):
+    try:
+        parsed = json.loads(meta)
+        expected = not isinstance(parsed, dict) or parsed.get("status", "success") == "success"
+    except (ValueError, UnicodeDecodeError):
+        expected = True
+    assert _is_success({"json": meta}) is expected
 
 
 # ------------------------------------------------------------------------------------------------
