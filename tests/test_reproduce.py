@@ -60,6 +60,21 @@ def test_user_overrides_reach_every_run_and_change_what_counts_as_done(tmp_path)
     assert base.done() and not plain_bases[0].done()
 
 
+@pytest.mark.parametrize("user", [[], ["num_threads=1"]])
+def test_threads_per_run_follow_parallel_unless_the_user_pins_them(tmp_path, monkeypatch, user):
+    import subprocess
+    from types import SimpleNamespace
+
+    from vistok.reproduce import runner
+
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **_: commands.append(cmd) or SimpleNamespace(returncode=0))
+    job = runner.Job(run_dir=tmp_path / "run", overrides=["experiment=flex_mini", *user], stages=("tokenizer",))
+    runner.run_job(job, threads=2, log=lambda _: None)
+    threads = [arg for arg in commands[0] if arg.startswith("num_threads=")]
+    assert threads == (user or ["num_threads=2"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in sorted(TABLES) if n in SMOKE_RUN])
 def test_smoke_scale_runs_the_table(name, tmp_path, cache_dir, monkeypatch):

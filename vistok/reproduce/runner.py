@@ -75,7 +75,9 @@ def run_job(job: Job, threads: int, log) -> None:
         return
     job.run_dir.mkdir(parents=True, exist_ok=True)
     (job.run_dir / "reproduce.json").write_text(json.dumps({"overrides": job.overrides}, indent=2))
-    cmd = [sys.executable, str(ROOT / "train.py"), *job.overrides, f"num_threads={threads}",
+    # `--set num_threads=N` wins: beside other jobs on the same cores, fewer threads per run go faster
+    pinned = any(o.startswith("num_threads=") for o in job.overrides)
+    cmd = [sys.executable, str(ROOT / "train.py"), *job.overrides, *([] if pinned else [f"num_threads={threads}"]),
            f"hydra.run.dir={job.run_dir}", "logger=csv"]
     log(f"run    {job.run_dir}  ({' '.join(job.overrides)})")
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
