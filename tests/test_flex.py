@@ -108,26 +108,6 @@ def test_training_draws_per_sample_k_for_nested_and_one_length_per_batch_for_tai
     assert none.encode(x).mask is None
 
 
-def test_a_stage_without_token_dropout_trains_at_full_length(compose_cfg):
-    """Stage.token_dropout=false (a full-length warm-up) reaches the tokenizer; the next stage drops again."""
-    from hydra.utils import instantiate
-
-    from vistok.training.runner import build_module
-    from vistok.training.stages import stages_from_config
-
-    cfg = compose_cfg(["experiment=flex_mini", "debug=tiny"])
-    module = build_module(cfg, instantiate(cfg.data)).train()
-    warm, ordered = stages_from_config({
-        "warm": {"steps": 1, "train": ["tokenizer"], "lr": {"tokenizer": 1e-3}, "token_dropout": False},
-        "ordered": {"steps": 1, "train": ["tokenizer"], "lr": {"tokenizer": 1e-3}}})
-    x = torch.rand(64, 3, 32, 32) * 2 - 1
-    module.set_stage(warm)
-    assert all(module.tokenizer.encode(x).mask is None for _ in range(3))
-    module.set_stage(ordered)
-    masks = [module.tokenizer.encode(x).mask for _ in range(3)]
-    assert any(m is not None and not bool(m.all()) for m in masks)
-
-
 @pytest.mark.parametrize("sampling", ["uniform", "pow2", "uniform_pow2"])
 def test_keep_count_distribution(sampling):
     n, draws = 32, 20000

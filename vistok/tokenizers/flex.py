@@ -83,7 +83,6 @@ class FlexTokenizer(Tokenizer):
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
         self.num_tokens, self.embed_dim = num_tokens, quantizer.dim
         self.dropout, self.sampling = dropout, sampling
-        self.token_dropout = True  # the training side switches the dropout off for a stage (Stage.token_dropout)
         self.codebook_sizes = (quantizer.codebook_size,)
         patch = getattr(getattr(encoder, "patch_embed", None), "kernel_size", (None,))[0]
         self.resolution = encoder.grid * patch if patch else None  # image side H = W (scripts.evaluate reads it)
@@ -98,8 +97,6 @@ class FlexTokenizer(Tokenizer):
 
     def _training_keep(self, batch: int, device: torch.device) -> torch.Tensor | None:
         """(B,) kept counts drawn for a training forward; None = keep everything."""
-        if not self.token_dropout:
-            return None
         if self.dropout == "nested":
             return sample_keep(batch, self.num_tokens, self.sampling, device=device)
         if self.dropout == "tail":  # One-D-Piece: one L ~ U{1..N} for the whole batch

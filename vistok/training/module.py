@@ -139,8 +139,6 @@ class VistokModule(L.LightningModule):
                              f"{stage.generation_weight}, train={list(stage.train)}) but the module has no visual "
                              "head; set module.generation=true")
         self.stage, self.step_offset, self.stage_step = stage, step_offset, 0
-        if hasattr(self.tokenizer, "token_dropout"):
-            self.tokenizer.token_dropout = stage.token_dropout
         for name, module in self.groups().items():
             if module is not None:
                 module.requires_grad_(stage.trains(name))

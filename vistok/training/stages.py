@@ -28,9 +28,6 @@ class Stage:
             "visual_head" falls back to the "llm" rate (the head is the LLM's second output).
         gan_start: step within the stage at which the discriminator switches on; None = no GAN.
         warmup_ratio: linear warm-up fraction of `steps`, then cosine decay to `min_lr_ratio`.
-        token_dropout: whether a flexible-length tokenizer drops tokens in training (nested / tail dropout);
-            False trains at full length, e.g. a warm-up stage that lets every token slot learn to carry the
-            image before the dropout orders them.
     """
 
     name: str
@@ -43,7 +40,6 @@ class Stage:
     gan_start: int | None = None
     warmup_ratio: float = 0.03
     min_lr_ratio: float = 0.1
-    token_dropout: bool = True
 
     def __post_init__(self) -> None:
         groups: list[str] = []
