@@ -9,7 +9,8 @@ The embedding is b C with a learned C (K, D): every token is a sum of a subset o
 it is the variance of the sampled bits themselves, and it is satisfied once |z| is a few tau. At t = 1 it
 keeps pushing |z| towards ~10, where sigmoid'(z), and with it the straight-through gradient, vanishes: at
 mini scale (Adam, a decoder that ignores its input for its first few hundred steps) that froze every bit at
-one constant value within ~50 steps, for any penalty weight down to 0.001 (README, binary1d results).
+one constant value within ~50 steps, for any penalty weight down to 0.001 (an earlier mini-scale
+measurement; the README's 1-D binary section has the runs that followed).
 
 Bits are packed into int64 ids, most significant bit first (as vector-quantize-pytorch's LFQ does), at
 most `index_bits` bits per id: a 64-bit token cannot be one non-negative int64 id, and per-id statistics
