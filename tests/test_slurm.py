@@ -93,15 +93,17 @@ def test_preempted_job_saves_requeues_and_resumes(slurm_cluster, cache_dir, tmp_
 
 
 def test_time_limit_requeues_until_the_run_finishes(slurm_cluster, cache_dir, tmp_path):
-    """A 1-minute limit with the signal 40 s before it: SLURM itself signals every attempt."""
+    """A 2-minute limit with the signal 30 s before it: SLURM itself signals every attempt."""
     sweep = tmp_path / "limit"
     log = tmp_path / "driver.log"
-    # 12 steps of at least 2 s each outlast the ~20 s an attempt runs before its signal on any machine, so
-    # at least one time-limit requeue happens; on a busy machine an attempt may train only a step or two
-    # before its signal: allow many requeues.
-    driver = start_driver([*TINY, "max_steps_per_stage=12", "checkpoint_every=3",
+    # SLURM may send the warning signal up to 60 s early (its time-limit checks are periodic), so here it
+    # lands 30-90 s into each attempt. It must not land before submitit has loaded the job and installed its
+    # USR2 handler (seconds of imports), or the attempt dies FAILED: a 1-minute limit with a 40 s delay put
+    # the signal at 0-20 s and lost that race on a busy machine. 48 steps of at least 2 s each outlast 90 s,
+    # so at least one time-limit requeue happens; a busy machine may need several.
+    driver = start_driver([*TINY, "max_steps_per_stage=48", "checkpoint_every=3",
                            "+callbacks.slow._target_=tests.slurm_cluster.SlowSteps", "+callbacks.slow.seconds=2",
-                           "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=40",
+                           "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30",
                            "hydra.launcher.max_num_timeout=100", f"hydra.sweep.dir={sweep}"],
                           slurm_cluster, log, limit_s=900)
     [job] = wait_for("the job to be submitted", lambda: submitted_jobs(sweep), 120, driver)
