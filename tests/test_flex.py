@@ -10,6 +10,7 @@ import torch
 from tests.conftest import run_train
 from vistok import load_tokenizer, save_tokenizer
 from vistok.export import build_from_config
+from vistok.losses.recon import TokenizerLoss
 from vistok.models.connector import SwiGLUProjector
 from vistok.tokenizers.flex import powers_of_two, prefix_mask, sample_keep
 from vistok.training.budgets import TokenBudgetSampler
@@ -151,6 +152,21 @@ def test_mask_token_gets_gradient():
     tok.decode(out.embeddings, out.mask).mean().backward()
     assert tok.mask_token.grad is not None and tok.mask_token.grad.abs().sum() > 0
     assert any(n.endswith("dropout_token") for n, _ in tok.decoder.named_parameters())  # trained as "decoder"
+
+
+def test_log_l2_weighs_each_image_by_its_own_error():
+    """l2_log: the objective is mean_b log MSE_b; the logged l2 stays the batch MSE."""
+    images = torch.zeros(2, 3, 4, 4)
+    recon = torch.stack([torch.full((3, 4, 4), 0.01), torch.full((3, 4, 4), 0.3)]).requires_grad_()
+    total, terms = TokenizerLoss(l1_weight=0.0, l2_weight=1.0, l2_log=True)(images, recon, {})
+    per_image = recon.detach().pow(2).flatten(1).mean(1)
+    assert torch.allclose(total, torch.log(per_image + 1e-6).mean())
+    assert torch.allclose(terms["l2"], per_image.mean())
+    total.backward()
+    # d log(MSE_b) / d recon_b = 2 e_b / (n MSE_b) = 2 / (n e_b) for a constant error e_b: the small error
+    # pulls harder (30x, less the eps), where the plain MSE would give the large one 30 times the gradient.
+    grad = recon.grad.flatten(1)[:, 0]
+    assert grad[0] > grad[1] > 0 and torch.allclose(grad[0] / grad[1], torch.tensor(30.0), rtol=0.02)
 
 
 def test_validation_reports_psnr_at_every_k():
