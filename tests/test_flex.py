@@ -109,15 +109,18 @@ def test_training_draws_per_sample_k_for_nested_and_one_length_per_batch_for_tai
     assert none.encode(x).mask is None
 
 
+@pytest.mark.parametrize("full_prob", [0.0, 0.5])
 @pytest.mark.parametrize("sampling", ["uniform", "pow2", "uniform_pow2"])
-def test_keep_count_distribution(sampling):
+def test_keep_count_distribution(sampling, full_prob):
     n, draws = 32, 20000
-    keep = sample_keep(draws, n, sampling, generator=torch.Generator().manual_seed(0))
+    keep = sample_keep(draws, n, sampling, generator=torch.Generator().manual_seed(0), full_prob=full_prob)
     counts = torch.bincount(keep, minlength=n + 1)[1:].double() / draws  # P(k) for k = 1..n
     pows = torch.tensor(powers_of_two(n)) - 1
     uniform, pow2 = torch.full((n,), 1 / n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
     pow2[pows] = 1 / len(pows)
     expected = {"uniform": uniform, "pow2": pow2, "uniform_pow2": (uniform + pow2) / 2}[sampling]
+    expected = (1 - full_prob) * expected  # full_prob of the samples keep all n on top of the mode's own draws
+    expected[-1] += full_prob
     assert (counts - expected).abs().max() < 0.015
     assert int(keep.min()) >= 1 and int(keep.max()) <= n
 
@@ -197,6 +200,8 @@ def test_bad_arguments_are_clear():
         make("sometimes")
     with pytest.raises(ValueError, match="sampling"):
         make(sampling="cubic")
+    with pytest.raises(ValueError, match="full_prob"):
+        sample_keep(4, N, "pow2", full_prob=1.5)
     with pytest.raises(ValueError, match="num_tokens"):
         make().encode(images(), num_tokens=N + 1)
 

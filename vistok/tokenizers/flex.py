@@ -32,14 +32,17 @@ def powers_of_two(n: int) -> list[int]:
 
 
 def sample_keep(batch: int, n: int, sampling: str, generator: torch.Generator | None = None,
-                device: torch.device | None = None) -> torch.Tensor:
+                device: torch.device | None = None, full_prob: float = 0.0) -> torch.Tensor:
     """Tokens kept per sample, (B,) int64 in [1, n].
 
     "uniform": k ~ U{1..n}; "pow2": k uniform over {1, 2, 4, ..., n}; "uniform_pow2": each sample flips a
     fair coin between the two (the FlexTok code's modes; pow2 keeps tail tokens from being starved).
+    full_prob: the share of samples that keep all n tokens instead of drawing k (0 = the modes alone).
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got '{sampling}'")
+    if not 0.0 <= full_prob <= 1.0:
+        raise ValueError(f"full_prob must be in [0, 1], got {full_prob}")
     uniform = torch.randint(1, n + 1, (batch,), generator=generator)
     pows = torch.tensor(powers_of_two(n))
     pow2 = pows[torch.randint(len(pows), (batch,), generator=generator)]
@@ -49,6 +52,8 @@ def sample_keep(batch: int, n: int, sampling: str, generator: torch.Generator | 
         keep = pow2
     else:
         keep = torch.where(torch.rand(batch, generator=generator) < 0.5, uniform, pow2)
+    if full_prob > 0:
+        keep = torch.where(torch.rand(batch, generator=generator) < full_prob, n, keep)
     return keep.to(device)
 
 
@@ -68,21 +73,25 @@ class FlexTokenizer(Tokenizer):
         embed_dim: D, checked against the quantizer.
         dropout: "nested" | "tail" | "none" (module docstring).
         sampling: how nested dropout draws k per sample ("uniform", "pow2", "uniform_pow2").
+        full_prob: nested dropout only: the share of samples trained at full length, k = N (see `sample_keep`).
     """
 
     ordered = True  # the LLM may read a prefix of the tokens as a smaller token budget (TokenFLEX)
 
     def __init__(self, encoder: nn.Module, quantizer: Quantizer, decoder: nn.Module, num_tokens: int,
-                 embed_dim: int | None = None, dropout: str = "nested", sampling: str = "pow2"):
+                 embed_dim: int | None = None, dropout: str = "nested", sampling: str = "pow2",
+                 full_prob: float = 0.0):
         super().__init__()
         if dropout not in DROPOUTS:
             raise ValueError(f"dropout must be one of {DROPOUTS}, got '{dropout}'")
         if sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got '{sampling}'")
+        if not 0.0 <= full_prob <= 1.0:
+            raise ValueError(f"full_prob must be in [0, 1], got {full_prob}")
         check_parts(encoder, quantizer, decoder, num_tokens, embed_dim)
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
         self.num_tokens, self.embed_dim = num_tokens, quantizer.dim
-        self.dropout, self.sampling = dropout, sampling
+        self.dropout, self.sampling, self.full_prob = dropout, sampling, full_prob
         self.codebook_sizes = (quantizer.codebook_size,)
         patch = getattr(getattr(encoder, "patch_embed", None), "kernel_size", (None,))[0]
         self.resolution = encoder.grid * patch if patch else None  # image side H = W (scripts.evaluate reads it)
@@ -98,7 +107,7 @@ class FlexTokenizer(Tokenizer):
     def _training_keep(self, batch: int, device: torch.device) -> torch.Tensor | None:
         """(B,) kept counts drawn for a training forward; None = keep everything."""
         if self.dropout == "nested":
-            return sample_keep(batch, self.num_tokens, self.sampling, device=device)
+            return sample_keep(batch, self.num_tokens, self.sampling, device=device, full_prob=self.full_prob)
         if self.dropout == "tail":  # One-D-Piece: one L ~ U{1..N} for the whole batch
             length = int(torch.randint(1, self.num_tokens + 1, ()))
             return torch.full((batch,), length, device=device)
