@@ -26,7 +26,8 @@ class TokenizerLoss(nn.Module):
     """
 
     def __init__(self, l1_weight: float = 1.0, l2_weight: float = 0.0, quantizer_weights: dict | None = None,
-                 perceptual: nn.Module | None = None, perceptual_weight: float = 1.0, gan_weight: float = 0.1, l2_log: bool = False):
+                 perceptual: nn.Module | None = None, perceptual_weight: float = 1.0, gan_weight: float = 0.1,
+                 l2_log: bool = False):
         super().__init__()
         self.l2_log = l2_log
         self.l1_weight, self.l2_weight = l1_weight, l2_weight

@@ -247,7 +247,8 @@ TABLES["flextok_k"] = Table(
     rows=[
         Row("no dropout (control; tail masked out of attention)", "flex_mini_nodrop", ["tokenizer.dropout=none"],
             shared=()),
-        Row("nested dropout, 3/4 full length, else k ~ U{1..32}, mask token", "flex_mini", ["tokenizer.dropout=nested"], shared=()),
+        Row("nested dropout, 3/4 full length, else k ~ U{1..32}, mask token", "flex_mini",
+            ["tokenizer.dropout=nested"], shared=()),
     ],
     ours=[*(f"psnr@{k}" for k in FLEX_KS), "psnr_mean_image"],
     paper_columns=[],  # the paper reports rFID against k on ImageNet, not comparable with PSNR on shapes
