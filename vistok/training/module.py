@@ -327,6 +327,9 @@ class VistokModule(L.LightningModule):
         logs["train/codebook_perplexity"] = stats["codebook_perplexity"]
         logs["train/lr"] = self._optimizers()[0].param_groups[0]["lr"]
         logs["train/total_step"] = float(self.step_offset + self.stage_step)
+        # Lightning writes a logged "step" as the row's step: one x-axis across stages, whose Trainers
+        # each count from 0 (wandb's trainer/global_step and the CSV's step column).
+        logs["step"] = logs["train/total_step"]
         self.log_dict(logs, prog_bar=False, batch_size=batch_size)
 
     def _logger_writes_this_step(self) -> bool:
@@ -380,7 +383,11 @@ class VistokModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.val_metrics = {**self._val.compute(), **self._streams.compute()}
         self.val_samples = self._val.samples
-        self.log_dict({f"val/{k}": v for k, v in self.val_metrics.items()}, sync_dist=False, rank_zero_only=True)
+        logs = {f"val/{k}": v for k, v in self.val_metrics.items()}
+        if self.stage is not None:  # per stage too: a run's summary keeps every stage's final numbers
+            logs.update({f"val/{self.stage.name}/{k}": v for k, v in self.val_metrics.items()})
+        logs["step"] = float(self.step_offset + self.stage_step)  # the shared x-axis (see _log_training)
+        self.log_dict(logs, sync_dist=False, rank_zero_only=True)
 
 
 def _rows(out: TokenizerOutput, keep: torch.Tensor) -> TokenizerOutput:

@@ -36,7 +36,7 @@ from vistok.training.quiet import quiet_libraries
 from vistok.training.replicas import ReplicaCheck
 from vistok.training.report import RunReport, save_stage_pictures
 from vistok.training.sharding import consolidate_checkpoint, is_distributed_checkpoint
-from vistok.training.run_names import logger_overrides
+from vistok.training.run_names import log_run_config, logger_overrides
 from vistok.training.stages import Stage, stages_from_config
 
 
@@ -178,8 +178,9 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("init_from"):
         load_init(module, cfg.init_from)
     stages = stages_from_config(cfg.stages, cfg.get("max_steps_per_stage"), cfg.get("stage_defaults"))
-    loggers = [instantiate(c, **logger_overrides(c, out_dir)) for c in (cfg.get("logger") or {}).values()
+    loggers = [instantiate(c, **logger_overrides(c, out_dir, cfg)) for c in (cfg.get("logger") or {}).values()
                if c is not None]
+    log_run_config(loggers, cfg)
     report = RunReport(out_dir / "metrics.json", cfg.name)
     offset, is_zero = 0, True
     for stage in stages:
