@@ -1,5 +1,5 @@
 """Reproduce a paper table: `python -m scripts.reproduce TABLE --scale smoke|mini|paper [--seeds N]
-[--launcher local|slurm]`.
+[--launcher local|slurm] [--dry-run]`.
 
 Runs (or reuses) the table's training runs, then prints the table in the paper's layout with the
 paper's numbers beside ours and, at mini scale, each expected trend with PASS/FAIL. Writes
@@ -35,6 +35,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="an override for every run, e.g. --set trainer=gpu (runs reused only if equal)")
     parser.add_argument("--rows", default=None, help="comma-separated experiments: run only these rows")
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/reproduce/<table>/<scale>")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="compose, validate and size every planned run (meta device), train nothing")
     return parser.parse_args(argv)
 
 
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.launcher == "slurm":
         out = out.resolve()  # jobs may start in another directory
     bases, rows = plan(table, args.scale, seeds, out, table.stages, args.overrides)
+    if args.dry_run:
+        return print_dry_run(bases, rows)
     if args.launcher == "slurm":  # the base runs (shared stages) first: the rows start from their checkpoints
         launcher = (args.launcher_config, args.launcher_arg, log)
         submit_all(bases, out, *launcher)
@@ -73,6 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown)
     print(f"written: {out / (table.name + '.md')}, {out / (table.name + '.json')}, {picture}")
     return 0
+
+
+def print_dry_run(bases: list, rows: dict) -> int:
+    """The plan, run by run; non-zero when any run fails to compose, validate or build."""
+    from vistok.reproduce.dry_run import dry_run, render
+
+    def job(label, j):
+        seed = next(int(o.split("=", 1)[1]) for o in j.overrides if o.startswith("seed="))
+        return label, [o for o in j.overrides if not o.startswith("seed=")], seed, j.run_dir
+
+    jobs = [job("base", j) for j in bases] + [job(name, j) for name, js in rows.items() for j in js]
+    plans = dry_run(jobs)
+    print(render(plans))
+    return 1 if any(p.error for p in plans) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,394 @@
+"""`scripts.reproduce TABLE --dry-run`: compose and check every planned run, then size it, without training.
+
+Each run of the plan (bases and rows; seeds differ only in `seed`, so one seed per run is built) is
+composed with Hydra exactly as `train.py` composes it and passed through the same `validate`. Its model
+is then built on the meta device (shapes only: no memory, no weights, nothing read) and measured:
+
+- parameters per module group, tokens per image, the LLM's sequence length (visual + caption tokens);
+- model FLOPs per training sample, per stage: torch's `FlopCounterMode` counts the forward of every part
+  the stage runs (encoder, decoder when the tokenizer loss is on, projector, LLM when a caption or
+  generation loss is on, the discriminator twice when it trains) and the backward of every part the
+  gradient passes through (a frozen part upstream of a trained one still passes gradients);
+- the expected peak memory per GPU, per stage, under DDP and FSDP2: parameters (in the LLM's dtype for
+  the LLM, float32 elsewhere), gradients of trained parameters, AdamW's two moments, plus activations:
+  the bytes autograd saves for backward in one sample's forward (measured on the meta device, with the
+  LLM's gradient checkpointing as configured) times the per-GPU batch. FSDP2 shards parameters, gradients
+  and optimiser state over every rank and adds the largest unsharded unit while it is gathered.
+
+Inputs a run needs but this machine may not have (the LLM directory, `init_from`, data shards) are
+listed, not failures: an LLM config that names its architecture (`llm.expected`) is sized from it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+ADAM_MOMENTS = 2
+GIB = 1024 ** 3
+
+
+@dataclass
+class StagePlan:
+    name: str
+    steps: int
+    train: list[str]
+    flops_per_sample: float
+    memory_gib: dict[str, float]  # {"ddp": ..., "fsdp2": ...} per GPU
+
+
+@dataclass
+class RunPlan:
+    label: str
+    overrides: list[str]
+    seeds: list[int]
+    error: str | None = None
+    inputs: list[str] = field(default_factory=list)  # what the run needs from the user's machine
+    params: dict[str, int] = field(default_factory=dict)
+    tokens_per_image: int | None = None
+    llm_sequence: int | None = None
+    world_size: int = 1
+    batch_per_gpu: int = 1
+    stages: list[StagePlan] = field(default_factory=list)
+
+
+# ---- composing ----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def config_dir():
+    """Hydra's compose API over the project's configs (what `train.py` reads)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def compose_run(overrides: list[str], run_dir: Path) -> DictConfig:
+    """The config `python train.py OVERRIDES hydra.run.dir=RUN_DIR` would run (inside `config_dir()`)."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = compose("train", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    return cfg
+
+
+def missing_inputs(cfg: DictConfig, stand_in_dir: Path) -> list[str]:
+    """The run's inputs absent here. A missing LLM directory is replaced in `cfg` by a config-only stand-in
+    written from `llm.expected`, so that validation and sizing see the architecture the run will load."""
+    inputs = []
+    if OmegaConf.is_missing(cfg, "init_from"):
+        inputs.append("init_from=??? (a pre-trained tokenizer run)")
+    elif cfg.get("init_from") and not Path(str(cfg.init_from)).exists():
+        inputs.append(f"init_from={cfg.init_from}")
+    llm = cfg.get("llm")
+    if llm is not None and not llm.get("build") and not Path(str(llm.path)).expanduser().is_dir():
+        inputs.append(f"llm.path={llm.path}")
+        expected = llm.get("expected")
+        if expected is not None:
+            stand_in_dir.mkdir(parents=True, exist_ok=True)
+            (stand_in_dir / "config.json").write_text(json.dumps(OmegaConf.to_container(expected)))
+            with open_dict(cfg):
+                cfg.llm.path = str(stand_in_dir)
+    if OmegaConf.select(cfg, "data._target_", default="").endswith("ShardDataModule"):
+        for key in ("train", "val"):
+            pattern = OmegaConf.select(cfg, f"data.{key}", throw_on_missing=False)
+            if pattern is None or OmegaConf.is_missing(cfg.data, key):
+                inputs.append(f"data.{key}=??? (img2dataset shards)")
+    return inputs
+
+
+# ---- building on the meta device ---------------------------------------------------------------------
+
+
+@dataclass
+class MetaModel:
+    tokenizer: torch.nn.Module
+    llm: torch.nn.Module | None
+    projector: torch.nn.Module | None
+    discriminator: torch.nn.Module | None
+    llm_dtype: torch.dtype
+    llm_inputs: int  # visual positions the LLM reads (after any pooling)
+
+
+def _llm_config(cfg: DictConfig):
+    from transformers import AutoConfig, LlamaConfig
+
+    build = cfg.llm.get("build")
+    if build:
+        return LlamaConfig(hidden_size=build.hidden_size, num_hidden_layers=build.num_layers,
+                           num_attention_heads=build.num_heads,
+                           intermediate_size=build.intermediate_size or 4 * build.hidden_size,
+                           vocab_size=build.vocab_size, max_position_embeddings=build.max_position_embeddings)
+    return AutoConfig.from_pretrained(str(cfg.llm.path), local_files_only=True)
+
+
+def _meta_tokenizer(cfg: DictConfig) -> torch.nn.Module:
+    """The tokenizer on the meta device. A few quantizers compute sizes from tensors while they are built
+    (FSQ's codebook size from its levels): those are built on the CPU, then moved (one tokenizer's weights)."""
+    from hydra.utils import instantiate
+
+    try:
+        with torch.device("meta"):
+            return instantiate(cfg.tokenizer)
+    except Exception as error:  # noqa: BLE001 - retried on the CPU, where a real problem raises again
+        if "meta" not in str(error):
+            raise
+    return instantiate(cfg.tokenizer).to("meta")
+
+
+def build_meta(cfg: DictConfig) -> MetaModel:
+    from hydra.utils import instantiate
+    from transformers import AutoModelForCausalLM
+
+    dtype = getattr(torch, str(cfg.llm.dtype)) if cfg.get("llm") else torch.float32
+    tokenizer = _meta_tokenizer(cfg)
+    with torch.device("meta"):
+        llm = projector = discriminator = None
+        if cfg.get("llm"):
+            llm = AutoModelForCausalLM.from_config(_llm_config(cfg), dtype=dtype)
+            if cfg.llm.get("gradient_checkpointing"):
+                llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if cfg.module.llm_input == "embeddings" and cfg.get("projector"):
+                projector = instantiate(cfg.projector, in_dim=tokenizer.embed_dim, out_dim=llm.config.hidden_size)
+        if OmegaConf.select(cfg, "module.discriminator") is not None:
+            discriminator = instantiate(cfg.module.discriminator)
+    pooled = getattr(projector, "pool_tokens", None)
+    return MetaModel(tokenizer, llm, projector, discriminator, dtype, int(pooled or tokenizer.num_tokens))
+
+
+def group_parameters(model: MetaModel) -> dict[str, int]:
+    tok = model.tokenizer
+    parts = {"encoder": tok.encoder, "quantizer": tok.quantizer, "decoder": tok.decoder,
+             "projector": model.projector, "llm": model.llm, "discriminator": model.discriminator}
+    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items() if part is not None}
+    counts["tokenizer"] = sum(p.numel() for p in tok.parameters())
+    return counts
+
+
+# ---- measuring one sample ----------------------------------------------------------------------------
+
+
+@dataclass
+class Cost:
+    forward: float = 0.0   # FLOPs
+    backward: float = 0.0  # FLOPs
+    saved: float = 0.0     # bytes autograd keeps for backward
+
+
+def _measure(run, inputs: torch.Tensor) -> Cost:
+    """FLOPs of run(inputs) forward and backward, and the bytes saved for backward, on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with FlopCounterMode(display=False) as forward:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            out = run(inputs)
+    with FlopCounterMode(display=False) as backward:
+        out.float().sum().backward()
+    return Cost(forward.get_total_flops(), backward.get_total_flops(), float(sum(saved)))
+
+
+def _settle_flags(module: torch.nn.Module) -> None:
+    """One-element bool buffers (a codebook's "k-means init done" flag) become plain True: forward code
+    branches on them, and a meta tensor has no value to branch on."""
+    for sub in module.modules():
+        for name, buffer in list(sub._buffers.items()):
+            if buffer is not None and buffer.dtype == torch.bool and buffer.numel() == 1:
+                del sub._buffers[name]
+                setattr(sub, name, True)
+
+
+def part_costs(cfg: DictConfig, model: MetaModel) -> dict[str, Cost]:
+    """One sample through each part (meta device): encoder, decoder, projector, LLM, discriminator."""
+    res = int(cfg.data.resolution)
+    image = torch.empty(1, 3, res, res, device="meta", requires_grad=True)
+    tok = model.tokenizer.eval()
+    _settle_flags(tok)
+    embeddings = tok.encode(image.detach()).embeddings.detach().requires_grad_(True)  # (1, N, D)
+    costs = {"encoder": _measure(lambda x: tok.encode(x).embeddings, image),
+             "decoder": _measure(lambda e: tok.decode(e), embeddings)}
+    if model.discriminator is not None:
+        costs["discriminator"] = _measure(model.discriminator, image)
+    if model.llm is not None:
+        hidden = model.llm.config.hidden_size
+        if model.projector is not None:
+            costs["projector"] = _measure(model.projector, embeddings)
+        caption = int(cfg.module.max_caption_tokens)
+        sequence = torch.empty(1, model.llm_inputs + caption, hidden, device="meta", dtype=model.llm_dtype,
+                               requires_grad=True)
+        # A ready 4-D causal mask: building one from a 2-D mask branches on its values, which meta lacks.
+        length = sequence.shape[1]
+        mask = torch.ones(1, 1, length, length, dtype=torch.bool, device="meta").tril()
+        model.llm.train()
+        costs["llm"] = _measure(lambda e: model.llm(inputs_embeds=e, attention_mask=mask).logits, sequence)
+    return costs
+
+
+# ---- per stage ----------------------------------------------------------------------------------------
+
+TOKENIZER_GROUPS = ("encoder", "quantizer", "decoder", "tokenizer")
+
+
+def _used_parts(stage, model: MetaModel) -> dict[str, bool]:
+    """part -> whether its backward runs in this stage (False: forward only). Parts not used are absent."""
+    trained = set(stage.train)
+    tokenizer_trained = bool(trained & set(TOKENIZER_GROUPS))
+    encoder_trained = bool(trained & {"encoder", "tokenizer", "quantizer"})
+    reads_llm = model.llm is not None and (stage.caption_weight > 0 or stage.generation_weight > 0)
+    used = {"encoder": False}
+    if stage.alpha > 0 or stage.generation_weight > 0 or not reads_llm:
+        used["decoder"] = tokenizer_trained
+    if reads_llm:
+        upstream = encoder_trained or "projector" in trained
+        used["llm"] = "llm" in trained or upstream
+        if model.projector is not None:
+            used["projector"] = "projector" in trained or encoder_trained
+    # The gradient reaches the encoder from the decoder's loss or through the LLM.
+    used["encoder"] = encoder_trained
+    if "discriminator" in trained and model.discriminator is not None:
+        used["discriminator"] = True
+    return used
+
+
+def stage_flops(stage, model: MetaModel, costs: dict[str, Cost]) -> float:
+    total = 0.0
+    for part, backward in _used_parts(stage, model).items():
+        runs = 2 if part == "discriminator" else 1  # real and reconstructed images
+        total += runs * (costs[part].forward + (costs[part].backward if backward else 0.0))
+    return total
+
+
+def stage_memory(stage, model: MetaModel, costs: dict[str, Cost], batch: int, world: int) -> dict[str, float]:
+    """Expected peak bytes per GPU under DDP and FSDP2 (see the module docstring)."""
+    parts = {"tokenizer": model.tokenizer, "projector": model.projector, "llm": model.llm,
+             "discriminator": model.discriminator}
+    trained = set(stage.train)
+    weights = trained_bytes = 0
+    largest_unit = 0
+    for name, part in parts.items():
+        if part is None:
+            continue
+        size = sum(p.numel() * p.element_size() for p in part.parameters())
+        weights += size
+        largest_unit = max(largest_unit, _largest_unit(part))
+        if name in trained or (name == "tokenizer" and trained & set(TOKENIZER_GROUPS)):
+            trained_bytes += size
+    state = weights + trained_bytes * (1 + ADAM_MOMENTS)  # parameters, gradients, AdamW moments
+    used = _used_parts(stage, model)
+    activations = batch * sum(costs[p].saved * (2 if p == "discriminator" else 1) for p in used if used[p])
+    return {"ddp": (state + activations) / GIB,
+            "fsdp2": (state / world + largest_unit + activations) / GIB}
+
+
+def _largest_unit(module: torch.nn.Module) -> int:
+    """Bytes of the largest block FSDP2 gathers at once: a ModuleList entry (a transformer or res block),
+    else the largest direct child."""
+    def size(m: torch.nn.Module) -> int:
+        return sum(p.numel() * p.element_size() for p in m.parameters())
+
+    blocks = [size(block) for m in module.modules() if isinstance(m, torch.nn.ModuleList) for block in m]
+    return max(blocks or [size(child) for child in module.children()] or [0])
+
+
+# ---- the plan -----------------------------------------------------------------------------------------
+
+
+def size_run(cfg: DictConfig, plan: RunPlan) -> None:
+    from vistok.training.stages import stages_from_config
+
+    model = build_meta(cfg)
+    plan.params = group_parameters(model)
+    plan.tokens_per_image = int(model.tokenizer.num_tokens)
+    if model.llm is not None:
+        plan.llm_sequence = model.llm_inputs + int(cfg.module.max_caption_tokens)
+    plan.world_size = _ranks(cfg.trainer.get("devices")) * _ranks(cfg.trainer.get("num_nodes"))
+    plan.batch_per_gpu = int(cfg.data.batch_size)
+    costs = part_costs(cfg, model)
+    for stage in stages_from_config(cfg.stages, cfg.get("max_steps_per_stage"), cfg.get("stage_defaults")):
+        plan.stages.append(StagePlan(stage.name, stage.steps, list(stage.train), stage_flops(stage, model, costs),
+                                     stage_memory(stage, model, costs, plan.batch_per_gpu, plan.world_size)))
+
+
+def _ranks(value) -> int:
+    """trainer.devices / num_nodes as a count ("auto" and lists of ids count as what they name, else 1)."""
+    if isinstance(value, int):
+        return max(1, value)
+    if OmegaConf.is_list(value) or isinstance(value, list):
+        return max(1, len(value))
+    return int(value) if str(value).isdigit() else 1
+
+
+def dry_run(jobs: list[tuple[str, list[str], int, Path]]) -> list[RunPlan]:
+    """jobs: (label, overrides without the seed, seed, run_dir). Runs with equal overrides are built once."""
+    from vistok.config import validate
+
+    plans: dict[tuple, RunPlan] = {}
+    with config_dir(), tempfile.TemporaryDirectory(prefix="vistok-dry-run-") as scratch:
+        for label, overrides, seed, run_dir in jobs:
+            key = (label, tuple(overrides))
+            if key in plans:
+                plans[key].seeds.append(seed)
+                continue
+            plan = plans[key] = RunPlan(label, overrides, [seed])
+            try:
+                cfg = compose_run([*overrides, f"seed={seed}"], run_dir)
+                plan.inputs = missing_inputs(cfg, Path(scratch) / f"llm-{len(plans)}")
+                with open_dict(cfg):
+                    if OmegaConf.is_missing(cfg, "init_from"):
+                        cfg.init_from = None  # sizing needs no weights
+                validate(cfg)
+                size_run(cfg, plan)
+            except Exception as error:  # noqa: BLE001 - every failing run is named, none stops the plan
+                plan.error = f"{type(error).__name__}: {error}".strip().splitlines()[0][:400]
+    return list(plans.values())
+
+
+def _count(n: float) -> str:
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def render(plans: list[RunPlan]) -> str:
+    lines = []
+    for plan in plans:
+        seeds = ",".join(str(s) for s in plan.seeds)
+        lines.append(f"{plan.label}  (seeds {seeds})  {' '.join(plan.overrides)}")
+        if plan.error:
+            lines.append(f"  FAIL  {plan.error}")
+            continue
+        if plan.inputs:
+            lines.append(f"  needs  {'; '.join(plan.inputs)}")
+        params = ", ".join(f"{k} {_count(v)}" for k, v in plan.params.items())
+        lines.append(f"  params  {params}")
+        sequence = f", LLM sequence {plan.llm_sequence}" if plan.llm_sequence else ""
+        lines.append(f"  tokens/image {plan.tokens_per_image}{sequence}; {plan.world_size} GPU(s) x batch "
+                     f"{plan.batch_per_gpu}")
+        for stage in plan.stages:
+            lines.append(f"  stage {stage.name:<10} {stage.steps:>7} steps  train [{', '.join(stage.train)}]  "
+                         f"{_count(stage.flops_per_sample)}FLOP/sample  memory/GPU ddp "
+                         f"{stage.memory_gib['ddp']:.2f} GiB, fsdp2 {stage.memory_gib['fsdp2']:.2f} GiB")
+    failed = [p.label for p in plans if p.error]
+    lines.append(f"dry run: {len(plans) - len(failed)}/{len(plans)} runs compose and build"
+                 + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return "\n".join(lines)
