@@ -63,6 +63,7 @@ def validate(cfg: DictConfig) -> None:
     reference = compose(config_name=HydraConfig.get().job.config_name, overrides=group_choices)
     check_override_types(cfg, overrides, reference)
     check_run_name(cfg)
+    check_init(cfg)
     check_stages(cfg)
     check_connections(cfg)
 
@@ -75,6 +76,13 @@ def check_run_name(cfg: DictConfig) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_.,=+-]+", name) or set(name) == {"."}:
         raise ConfigError(f"run_name={name!r} must be one directory name: letters, digits and _ . , = + - "
                           "(no '/', spaces or ':')")
+
+
+def check_init(cfg: DictConfig) -> None:
+    """An experiment that starts from pre-trained weights (no stage of its own trains them) needs them."""
+    if cfg.get("requires_init") and not cfg.get("init_from"):
+        raise ConfigError(f"experiment {cfg.name} starts from a pre-trained tokenizer (requires_init=true): "
+                          "set init_from=RUN_DIR_OR_CKPT")
 
 
 def check_stages(cfg: DictConfig) -> None:

@@ -90,8 +90,10 @@ def missing_inputs(cfg: DictConfig, stand_in_dir: Path) -> list[str]:
     """The run's inputs absent here. A missing LLM directory is replaced in `cfg` by a config-only stand-in
     written from `llm.expected`, so that validation and sizing see the architecture the run will load."""
     inputs = []
-    if OmegaConf.is_missing(cfg, "init_from"):
-        inputs.append("init_from=??? (a pre-trained tokenizer run)")
+    if cfg.get("requires_init") and not cfg.get("init_from"):
+        inputs.append("init_from=??? (the pre-trained tokenizer run this experiment starts from)")
+        with open_dict(cfg):
+            cfg.init_from = "(given by the user)"
     elif cfg.get("init_from") and not Path(str(cfg.init_from)).exists():
         inputs.append(f"init_from={cfg.init_from}")
     llm = cfg.get("llm")
@@ -160,14 +162,19 @@ def build_meta(cfg: DictConfig) -> MetaModel:
         llm = projector = discriminator = None
         if cfg.get("llm"):
             llm = AutoModelForCausalLM.from_config(_llm_config(cfg), dtype=dtype)
+            if cfg.module.llm_input == "indices":  # the discrete-index arm: one new embedding row per code
+                llm.resize_token_embeddings(llm.get_input_embeddings().num_embeddings
+                                            + int(tokenizer.codebook_size), mean_resizing=False)
             if cfg.llm.get("gradient_checkpointing"):
                 llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if cfg.module.llm_input == "embeddings" and cfg.get("projector"):
                 projector = instantiate(cfg.projector, in_dim=tokenizer.embed_dim, out_dim=llm.config.hidden_size)
         if OmegaConf.select(cfg, "module.discriminator") is not None:
             discriminator = instantiate(cfg.module.discriminator)
-    pooled = getattr(projector, "pool_tokens", None)
-    return MetaModel(tokenizer, llm, projector, discriminator, dtype, int(pooled or tokenizer.num_tokens))
+    # The LLM reads the pooled tokens, or at most the largest TokenFLEX budget.
+    budgets = OmegaConf.select(cfg, "module.token_budgets", default=None)
+    visual = getattr(projector, "pool_tokens", None) or (max(budgets) if budgets else tokenizer.num_tokens)
+    return MetaModel(tokenizer, llm, projector, discriminator, dtype, int(visual))
 
 
 def group_parameters(model: MetaModel) -> dict[str, int]:
@@ -352,9 +359,6 @@ def dry_run(jobs: list[tuple[str, list[str], int, Path]]) -> list[RunPlan]:
             try:
                 cfg = compose_run([*overrides, f"seed={seed}"], run_dir)
                 plan.inputs = missing_inputs(cfg, Path(scratch) / f"llm-{len(plans)}")
-                with open_dict(cfg):
-                    if OmegaConf.is_missing(cfg, "init_from"):
-                        cfg.init_from = None  # sizing needs no weights
                 validate(cfg)
                 size_run(cfg, plan)
             except Exception as error:  # noqa: BLE001 - every failing run is named, none stops the plan

@@ -40,6 +40,8 @@ class Job:
 
 def _experiment(row: Row | None, scale: str, table: Table) -> list[str]:
     if scale == "paper":
+        if row is not None and row.paper_experiment:  # a control of another family has its own paper config
+            return [f"experiment={row.paper_experiment}", *row.arm]
         return [f"experiment={table.paper_base}", *(row.arm if row else [])]
     return [f"experiment={row.experiment if row else table.base_experiment}"]
 
@@ -51,7 +53,13 @@ def plan(table: Table, scale: str, seeds: int, out: Path, all_stages: tuple[str,
     `user_overrides` (e.g. `trainer=gpu`) go to every run, after the table's own.
     """
     extra = [*(table.scale_overrides or SCALE_OVERRIDES)[scale], *user_overrides]
-    shared = max((row.shared for row in table.rows), key=len)
+    if scale == "paper" and table.paper_stages is not None:
+        all_stages = table.paper_stages  # the paper base's stages (pre-training comes in with init_from)
+
+    def shared_of(row: Row) -> tuple[str, ...]:
+        return tuple(s for s in row.shared if s in all_stages)
+
+    shared = max((shared_of(row) for row in table.rows), key=len)
     bases, rows = [], {}
     for seed in range(seeds):
         base_dir = out / f"seed{seed}" / "base"
@@ -59,12 +67,12 @@ def plan(table: Table, scale: str, seeds: int, out: Path, all_stages: tuple[str,
             dropped = [f"stages.{s}=null" for s in all_stages if s not in shared]
             bases.append(Job(base_dir, [*_experiment(None, scale, table), *extra, f"seed={seed}", *dropped], shared))
         for row in table.rows:
-            start = []
-            if row.shared:
-                init = base_dir / "checkpoints" / row.shared[-1] / "last.ckpt"
-                start = [*(f"stages.{s}=null" for s in row.shared), f"init_from={init}"]
+            start, row_shared = [], shared_of(row)
+            if row_shared:
+                init = base_dir / "checkpoints" / row_shared[-1] / "last.ckpt"
+                start = [*(f"stages.{s}=null" for s in row_shared), f"init_from={init}"]
             overrides = [*_experiment(row, scale, table), *extra, f"seed={seed}", *start]
-            remaining = tuple(s for s in all_stages if s not in row.shared)
+            remaining = tuple(s for s in all_stages if s not in row_shared)
             rows.setdefault(row.experiment, []).append(Job(out / f"seed{seed}" / row.experiment, overrides, remaining))
     return bases, rows
 

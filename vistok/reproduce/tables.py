@@ -23,6 +23,7 @@ class Row:
     arm: list[str] = field(default_factory=list)
     shared: tuple[str, ...] = ("tokenizer", "align")
     paper: dict[str, float] = field(default_factory=dict)
+    paper_experiment: str | None = None  # at paper scale: this config + `arm` instead of the table's paper_base
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Table:
     paper_base: str = "ett_paper"
     stages: tuple[str, ...] = ("tokenizer", "align", "ett", "post")  # every stage a row may run
     scale_overrides: dict[str, list[str]] | None = None  # per scale; None = the runner's (tiny LLM at smoke)
+    paper_stages: tuple[str, ...] | None = None  # the paper base's stages, when they differ from `stages`
 
 
 def _gap(metric: str, a: str, b: str, at_least: float, scale: float = 100.0) -> Trend:
@@ -112,6 +114,8 @@ PAPER5 = ["SEED-I", "GQA", "TQA", "MME-P", "rFID"]
 OURS = ["attribute_accuracy", "attribute_accuracy/mark", "caption_token_accuracy", "caption_exact_match", "psnr",
         "codebook_usage"]
 FROZEN = ["stages.ett.train=[projector,llm]", "stages.ett.alpha=0.0"]
+# ett_paper starts from a pre-trained IBQ tokenizer (init_from), so its stages are the three after it.
+ETT_PAPER_STAGES = ("align", "ett", "post")
 
 TABLES = {
     "ett_table4": Table(
@@ -119,7 +123,8 @@ TABLES = {
         title="ETT Table 4 - what the LLM reads: discrete ids vs codebook embeddings, frozen vs ETT-tuned",
         rows=[
             Row("discrete index, frozen", "ett_mini_index", ["module.llm_input=indices", "stages.align.train=[llm]",
-                "stages.ett.train=[llm]", "stages.ett.alpha=0.0", "stages.post.train=[llm]"], shared=("tokenizer",),
+                "+stages.align.lr.llm=4.0e-5", "stages.ett.train=[llm]", "stages.ett.alpha=0.0",
+                "stages.post.train=[llm]"], shared=("tokenizer",),
                 paper={"SEED-I": 54.8, "GQA": 50.9, "TQA": 40.1, "MME-P": 1028.7, "GenEval": 0.40}),
             Row("codebook embedding, frozen", "ett_mini_frozen", FROZEN,
                 paper={"SEED-I": 54.8, "GQA": 52.6, "TQA": 40.9, "MME-P": 1034.0, "GenEval": 0.34}),
@@ -128,6 +133,7 @@ TABLES = {
         ],
         ours=[*OURS, "geneval_accuracy"],  # "-" for rows without a generation stage (see ett_mini_gen)
         paper_columns=PAPER4,
+        paper_stages=ETT_PAPER_STAGES,
         trends=[
             _gap("attribute_accuracy", "ett_mini", "ett_mini_frozen", 3.0),
             _gap("attribute_accuracy/mark", "ett_mini", "ett_mini_frozen", 20.0),
@@ -151,6 +157,7 @@ TABLES = {
         ],
         ours=OURS,
         paper_columns=PAPER5,
+        paper_stages=ETT_PAPER_STAGES,
         trends=[
             _gap("attribute_accuracy", "ett_mini", "ett_mini_frozen", 3.0),
             _gap("attribute_accuracy/mark", "ett_mini", "ett_mini_frozen", 20.0),
@@ -279,13 +286,24 @@ TABLES["onedpiece_k"] = Table(
 )
 TOKENFLEX_BUDGETS = [4, 16, 64]
 TOKENFLEX_FIXED = [f"tokenflex_mini_fixed{n}" for n in TOKENFLEX_BUDGETS]
+# Paper scale: ett_paper's IBQ grid (32 x 32 = 1024 tokens at 512 px) pooled to TokenFLEX's 64 / 144 / 256
+# tokens (8 x 8, 12 x 12, 16 x 16), a SwiGLU projector, projector + LLM trained in one stage from init_from.
+TOKENFLEX_PAPER_BUDGETS = {4: 64, 16: 144, 64: 256}
+_PAPER_ALL = list(TOKENFLEX_PAPER_BUDGETS.values())
+TOKENFLEX_PAPER_ARM = ["projector=swiglu", "stages.ett=null", "stages.post=null",
+                       "stages.align.train=[projector,llm]", "+stages.align.lr.llm=4.0e-5",
+                       f"module.eval_token_budgets=[{','.join(map(str, _PAPER_ALL))}]"]
 TABLES["tokenflex_budget"] = Table(
     name="tokenflex_budget",
     title="TokenFLEX - fixed-budget LLMs vs stochastic budgets (2:3:5), each scored at every budget",
     rows=[
-        *(Row(f"fixed {n} tokens", f"tokenflex_mini_fixed{n}", [f"module.token_budgets=[{n}]"],
+        *(Row(f"fixed {n} tokens (paper: {TOKENFLEX_PAPER_BUDGETS[n]})", f"tokenflex_mini_fixed{n}",
+              [*TOKENFLEX_PAPER_ARM, f"module.token_budgets=[{TOKENFLEX_PAPER_BUDGETS[n]}]",
+               "module.budget_probs=null"],
               shared=("tokenizer",)) for n in TOKENFLEX_BUDGETS),
-        Row("stochastic {4, 16, 64} @ {0.2, 0.3, 0.5}", "tokenflex_mini", [], shared=("tokenizer",),
+        Row("stochastic {4, 16, 64} @ {0.2, 0.3, 0.5} (paper: {64, 144, 256})", "tokenflex_mini",
+            [*TOKENFLEX_PAPER_ARM, f"module.token_budgets=[{','.join(map(str, _PAPER_ALL))}]",
+             "module.budget_probs=[0.2,0.3,0.5]"], shared=("tokenizer",),
             paper={"64 tok": 58.7, "144 tok": 60.0, "256 tok": 60.7}),
     ],
     ours=[f"caption_token_accuracy@{n}" for n in TOKENFLEX_BUDGETS],
@@ -297,6 +315,7 @@ TABLES["tokenflex_budget"] = Table(
     base_experiment="tokenflex_mini",
     paper_base="ett_paper",
     stages=("tokenizer", "align"),
+    paper_stages=("align",),
 )
 
 
