@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import lightning as L
@@ -19,6 +20,21 @@ from vistok.data.wds import (
 
 # Nominal epoch size when the shards carry no `_stats.json` (e.g. remote shards).
 DEFAULT_TRAIN_SAMPLES = 10000
+# Decoding workers stop paying off beyond a few; the main process needs a core of its own.
+MAX_AUTO_WORKERS = 4
+
+
+def default_num_workers() -> int:
+    """Loader workers for this machine: one core left to the training process, at most MAX_AUTO_WORKERS.
+
+    Counts the CPUs this process may run on (a scheduler's allocation), not the node's, so a 2-core job
+    gets one worker instead of PyTorch's warning about more workers than cores.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # platforms without CPU affinity (macOS)
+        cpus = os.cpu_count() or 1
+    return max(0, min(MAX_AUTO_WORKERS, cpus - 1))
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -31,6 +47,10 @@ class ShardDataModule(L.LightningDataModule):
 
     `require_captions` (set by the runner for runs with an LLM) counts samples without a caption as
     corrupt; otherwise they are kept with an empty caption.
+
+    `num_workers=None` picks the workers from the visible CPUs (`default_num_workers`). `num_train` caps
+    the samples of an epoch and `num_val` the validation samples (the first ones); `debug=tiny` sets both,
+    as it sets the size of the generated set, so a smoke run stays seconds long on any data.
     """
 
     def __init__(
@@ -40,18 +60,21 @@ class ShardDataModule(L.LightningDataModule):
         resolution: int = 32,
         batch_size: int = 64,
         val_batch_size: int = 250,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         train_samples: int | None = None,
         seed: int = 0,
         require_captions: bool = False,
+        num_train: int | None = None,
+        num_val: int | None = None,
     ):
         super().__init__()
         # Only store arguments: Hydra builds this before anything may touch the file system.
         self.train, self.val = train, val
         self.resolution = resolution
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers = num_workers
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.train_samples = train_samples
+        self.num_train, self.num_val = num_train, num_val
         self.seed = seed
         self.require_captions = require_captions
         self.train_urls: list[str] | None = None
@@ -101,6 +124,8 @@ class ShardDataModule(L.LightningDataModule):
             samples = count_samples(self.train_urls)
         if samples is None:
             samples = DEFAULT_TRAIN_SAMPLES
+        if self.num_train is not None:
+            samples = min(samples, self.num_train)
         return max(1, math.ceil(samples / (self.batch_size * world_size)))
 
     def train_dataloader(self) -> ShardLoader:
@@ -123,13 +148,15 @@ class ShardDataModule(L.LightningDataModule):
         rank, world_size = self._rank_and_world()
         return make_val_loader(
             self.val_urls, self.val_batch_size, self.resolution, rank, world_size, self.num_workers,
-            require_caption=self.require_captions,
+            require_caption=self.require_captions, limit=self.num_val,
         )
 
     def train_captions(self, limit: int | None = None) -> list[str]:
-        """Training captions (e.g. to fit a text tokenizer), read in this process."""
+        """Training captions (e.g. to fit a text tokenizer), read in this process; at most `num_train`
+        of them when it is set (a smoke run does not read a whole dataset's captions)."""
         self.prepare()
-        return read_captions(self.train_urls, limit=limit)
+        caps = [n for n in (limit, self.num_train) if n is not None]
+        return read_captions(self.train_urls, limit=min(caps) if caps else None)
 
 
 class GeneratedDataModule(ShardDataModule):
@@ -150,15 +177,15 @@ class GeneratedDataModule(ShardDataModule):
         mark_contrast: float = 0.5,
         batch_size: int = 64,
         val_batch_size: int = 250,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         samples_per_shard: int = 100,
     ):
         super().__init__(
             train=None, val=None, resolution=resolution, batch_size=batch_size,
             val_batch_size=val_batch_size, num_workers=num_workers, train_samples=num_train, seed=seed,
+            num_train=num_train, num_val=num_val,  # the set is generated at these sizes: caps that cut nothing
         )
         self.cache_dir = cache_dir
-        self.num_train, self.num_val = num_train, num_val
         self.mark_size, self.mark_contrast = mark_size, mark_contrast
         # Small shards so that training shards split disjointly over many ranks.
         self.samples_per_shard = samples_per_shard
