@@ -374,15 +374,17 @@ class ValStream(IterableDataset):
     Reading every shard on every slot costs `slots` times the (cheap) tar reads of a held-out set; images
     are decoded once. With a single slot there is nothing to equalise: failed samples are dropped.
     Shard-level errors are counted by slot 0 only, decode errors by the slot that owns the sample.
+    `limit` keeps the first `limit` successful rows (smoke runs on a large held-out set).
     """
 
     def __init__(self, urls: list[str], batch_size: int, resolution: int, rank: int, world_size: int,
-                 require_caption: bool = False):
+                 require_caption: bool = False, limit: int | None = None):
         super().__init__()
         self.urls = list(urls)
         self.batch_size, self.resolution = batch_size, resolution
         self.rank, self.world_size = rank, world_size
         self.require_caption = require_caption
+        self.limit = limit
 
     def _blank(self) -> dict:
         image = torch.zeros(3, self.resolution, self.resolution)
@@ -397,7 +399,7 @@ class ValStream(IterableDataset):
         )
         decode = _Decode(self.resolution, decode_errors, self.require_caption)
         total = 0
-        for total, sample in enumerate(raw, start=1):
+        for total, sample in enumerate(itertools.islice(raw, self.limit), start=1):
             shard_errors.succeeded()
             if (total - 1) % slots != slot:
                 continue
@@ -508,9 +510,10 @@ def make_train_loader(urls: list[str], batch_size: int, resolution: int, rank: i
 
 def make_val_loader(urls: list[str], batch_size: int, resolution: int, rank: int, world_size: int,
                     num_workers: int, multiprocessing_context: str | None = None,
-                    require_caption: bool = False) -> ShardLoader:
-    """Validation loader: every sample exactly once over all ranks, unshuffled, last batch partial."""
-    dataset = ValStream(expand_urls(urls), batch_size, resolution, rank, world_size, require_caption)
+                    require_caption: bool = False, limit: int | None = None) -> ShardLoader:
+    """Validation loader: every sample (or the first `limit`) exactly once over all ranks, unshuffled, last
+    batch partial."""
+    dataset = ValStream(expand_urls(urls), batch_size, resolution, rank, world_size, require_caption, limit)
     return _loader(dataset, num_workers, multiprocessing_context)
 
 
