@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -27,6 +28,17 @@ BOS_TOKEN, EOS_TOKEN, PAD_TOKEN = "<|bos|>", "<|eos|>", "<|pad|>"
 # Written last into a tiny-LLM directory: its presence means the save finished, its content says
 # which build parameters produced the model.
 MARKER_FILE = "vistok_tiny_llm.json"
+
+
+def caption_length_summary(lengths: list[int], max_tokens: int) -> dict[str, int]:
+    """Nearest-rank percentiles (p50, p90, p99) and the max of caption lengths in tokens, with how many
+    of the `captions` exceed `max_tokens` and are therefore cut (see `CausalLM.caption_lengths`)."""
+    ordered = sorted(lengths)
+    if not ordered:
+        return {"captions": 0, "p50": 0, "p90": 0, "p99": 0, "max": 0, "truncated": 0}
+    rank = lambda q: ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]  # noqa: E731
+    return {"captions": len(ordered), "p50": rank(50), "p90": rank(90), "p99": rank(99), "max": ordered[-1],
+            "truncated": sum(n > max_tokens for n in ordered)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,6 +294,12 @@ class CausalLM(nn.Module):
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Looks up token embeddings: (B, T) int64 -> (B, T, H)."""
         return self.model.get_input_embeddings()(input_ids)
+
+    def caption_lengths(self, captions: list[str]) -> list[int]:
+        """Tokens each caption takes in the sequence, eos included: the count `max_length` bounds in
+        `tokenize_captions` (and `tokenize_prompts`, where bos takes the place of eos)."""
+        encoded = self.tokenizer(list(captions), add_special_tokens=False)["input_ids"]
+        return [len(ids) + 1 for ids in encoded]
 
     def tokenize_captions(self, captions: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenizes captions as `caption tokens + eos`, right-padded to the longest in the batch.

@@ -24,6 +24,7 @@ class SampleCaption:
     key: str
     reference: str
     generated: str
+    image: torch.Tensor | None = field(default=None, repr=False)  # (3, H, W) in [-1, 1], on the CPU
 
 
 @dataclass
@@ -67,19 +68,27 @@ class ValidationAccumulator:
         if self.prefix is not None:
             self.prefix.add(images)
 
-    def add_captions(self, keys: list[str], references: list[str], generated: list[str], keep: int) -> None:
-        for key, ref, gen in zip(keys, references, generated):
+    def add_captions(self, keys: list[str], references: list[str], generated: list[str], keep: int,
+                     images: torch.Tensor | None = None) -> None:
+        """Score greedy captions against their references and keep the first `keep` as samples (with their
+        image when `images` (B, 3, H, W) is given), whatever the captions say; only captions that parse into
+        the generated dataset's slots are scored per slot."""
+        for row, (key, ref, gen) in enumerate(zip(keys, references, generated)):
             self.add("captions", 1)
             self.add("caption_exact_match", gen.strip() == ref.strip())
-            truth = parse_caption(ref)
-            if any(v is None for v in truth.values()):
-                continue  # not a generated-dataset caption: no slots to score
-            guess = parse_caption(gen)
-            self.add("slot_captions", 1)
-            for slot in SLOTS:
-                self.add(f"attribute_accuracy/{slot}", guess[slot] == truth[slot])
             if len(self.samples) < keep:
-                self.samples.append(SampleCaption(key, ref, gen))
+                image = None if images is None else images[row].detach().cpu()
+                self.samples.append(SampleCaption(key, ref, gen, image))
+            self._add_slot_scores(ref, gen)
+
+    def _add_slot_scores(self, reference: str, generated: str) -> None:
+        truth = parse_caption(reference)
+        if any(v is None for v in truth.values()):
+            return  # free text, not a generated-dataset caption: no slots to score
+        guess = parse_caption(generated)
+        self.add("slot_captions", 1)
+        for slot in SLOTS:
+            self.add(f"attribute_accuracy/{slot}", guess[slot] == truth[slot])
 
     def compute(self) -> dict[str, float]:
         names = list(self.KEYS)

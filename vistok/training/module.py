@@ -22,6 +22,7 @@ from vistok.generation.sequence import align_targets, build_sequence, drop_capti
 from vistok.losses.generation import GenerationLoss, visual_token_loss
 from vistok.losses.gan import LeCAM, hinge_d_loss
 from vistok.losses.recon import TokenizerLoss
+from vistok.models.llm import caption_length_summary
 from vistok.models.visual_head import build_visual_head
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput
 from vistok.training.budgets import TokenBudgetSampler, check_budgets
@@ -45,7 +46,8 @@ class VistokModule(L.LightningModule):
         discriminator: a PatchGAN for the GAN term, or None.
         lecam_weight: weight of the LeCAM regulariser on the discriminator.
         grad_clip: max global grad norm per optimiser (0 = off).
-        max_caption_tokens: caption length cap for the LLM.
+        max_caption_tokens: caption length cap for the LLM, eos included; longer training captions are cut
+            and counted (`captions_truncated`, a warning the first time).
         usage_window: training steps over which codebook usage is logged.
         num_sample_captions: greedy captions kept per validation pass for inspection.
         nan_policy: "raise" stops at the first non-finite loss (naming the step and the loss terms);
@@ -105,6 +107,8 @@ class VistokModule(L.LightningModule):
         self.stage_step = 0
         self._usage = UsageWindow(tokenizer.codebook_size, usage_window)  # sparse: 2^K ids for K-bit tokens
         self.skipped_samples = 0
+        self.captions_truncated = 0  # training captions cut to max_caption_tokens, each time one is met
+        self._truncation_warned = False
         self.val_metrics: dict[str, float] = {}
         self.val_preview: dict = {}
 
@@ -220,6 +224,33 @@ class VistokModule(L.LightningModule):
             scored = scored & valid.to(scored.device)[:, None]
         return visual_token_loss(logits, targets, scored)
 
+    def count_truncated_captions(self, captions: list[str]) -> int:
+        """Count the captions longer than `max_caption_tokens` (added to `captions_truncated`); the first
+        time any is met, say so: a cut caption scores 0 on exact match whatever the model learns."""
+        lengths = self.llm.caption_lengths(captions)
+        cut = sum(n > self.max_caption_tokens for n in lengths)
+        self.captions_truncated += cut
+        if cut and not self._truncation_warned:
+            self._truncation_warned = True
+            log.warning("a training caption of %d tokens is cut to module.max_caption_tokens=%d (eos "
+                        "included); cut captions are counted in captions_truncated, and the caption lengths "
+                        "logged at the start of the run show what would keep them whole", max(lengths),
+                        self.max_caption_tokens)
+        return cut
+
+    def log_caption_lengths(self, captions: list[str]) -> dict[str, int]:
+        """Log the percentiles of the captions' lengths under the LLM's tokenizer against
+        `max_caption_tokens` (to choose it before training); returns them."""
+        summary = caption_length_summary(self.llm.caption_lengths(captions), self.max_caption_tokens)
+        if not summary["captions"]:
+            log.info("caption lengths: no training captions to measure")
+            return summary
+        log.info("caption lengths in tokens (eos included) over %d training captions: p50 %d, p90 %d, "
+                 "p99 %d, max %d; module.max_caption_tokens=%d cuts %d of them (%.1f%%)", summary["captions"],
+                 summary["p50"], summary["p90"], summary["p99"], summary["max"], self.max_caption_tokens,
+                 summary["truncated"], 100.0 * summary["truncated"] / summary["captions"])
+        return summary
+
     def _gan_active(self) -> bool:
         stage = self.stage
         return (self.discriminator is not None and stage.gan_start is not None
@@ -245,12 +276,14 @@ class VistokModule(L.LightningModule):
             total = total + stage.alpha * tok_loss
             logs.update({f"train/tok/{k}": v for k, v in terms.items()})
             logs["train/tokenizer_loss"] = tok_loss.detach()
+        if self.llm is not None and (stage.caption_weight > 0 or self._trains_generation()):
+            self.count_truncated_captions(batch["caption"])
         if self.llm is not None and stage.caption_weight > 0:
             budget = self.budgets.sample() if self.budgets is not None else None
             caption = self.caption_forward(out, batch["caption"], budget=budget)
             total = total + stage.caption_weight * caption.loss
             logs["train/caption_loss"] = caption.loss.detach()
-        if self.visual_head is not None and stage.generation_weight > 0:
+        if self._trains_generation():
             captions = drop_captions(batch["caption"], self.caption_dropout, self._dropout_rng)
             generation = self.generation_forward(out, captions)
             total = total + stage.generation_weight * generation.loss
@@ -265,6 +298,9 @@ class VistokModule(L.LightningModule):
         self.stage_step += 1
         self._log_training(logs, images.shape[0])
         return total.detach()
+
+    def _trains_generation(self) -> bool:
+        return self.visual_head is not None and self.stage.generation_weight > 0
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.stage_step >= self.stage.steps:
@@ -376,13 +412,14 @@ class VistokModule(L.LightningModule):
         generated = self.llm.generate_captions(self.visual_inputs(out), max_new_tokens=self.max_caption_tokens)
         rows = keep.tolist()
         self._val.add_captions([batch["key"][i] for i in rows], [batch["caption"][i] for i in rows],
-                               [generated[i] for i in rows], keep=self.num_sample_captions)
-        if batch_idx == 0:
-            self.val_preview["caption_images"] = images[keep][: self.num_sample_captions].cpu()
+                               [generated[i] for i in rows], keep=self.num_sample_captions,
+                               images=images[keep])
 
     def on_validation_epoch_end(self) -> None:
         self.val_metrics = {**self._val.compute(), **self._streams.compute()}
         self.val_samples = self._val.samples
+        if self.val_samples:  # each sample's own image, whichever batch it came from
+            self.val_preview["caption_images"] = torch.stack([s.image for s in self.val_samples])
         logs = {f"val/{k}": v for k, v in self.val_metrics.items()}
         if self.stage is not None:  # per stage too: a run's summary keeps every stage's final numbers
             logs.update({f"val/{self.stage.name}/{k}": v for k, v in self.val_metrics.items()})
