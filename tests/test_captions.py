@@ -280,3 +280,15 @@ def test_debug_tiny_caption_run_keeps_sample_captions_on_free_text(tmp_path, img
         assert all(s["reference"] in FREE_TEXT and isinstance(s["generated"], str) for s in samples[stage])
         assert (run / "images" / f"captions_{stage}.png").is_file()
     assert "max_caption_tokens" in result.stdout + result.stderr  # the truncation warning
+
+
+def test_the_truncation_count_survives_a_resume():
+    from types import SimpleNamespace
+
+    from vistok.training.checkpointing import ResumeState, restore_counters
+
+    checkpoint: dict = {}
+    ResumeState().on_save_checkpoint(None, SimpleNamespace(captions_truncated=7), checkpoint)
+    resumed = SimpleNamespace(captions_truncated=0)
+    restore_counters(resumed, checkpoint)
+    assert resumed.captions_truncated == 7

@@ -300,7 +300,7 @@ def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
 # ---- state that Lightning does not checkpoint -----------------------------------------------------
 
 
-COUNTERS = ("skipped_samples", "nan_skips")  # run totals the module keeps outside its state_dict
+COUNTERS = ("skipped_samples", "nan_skips", "captions_truncated")  # run totals kept outside the state_dict
 
 
 class ResumeState(Callback):
