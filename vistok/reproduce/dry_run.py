@@ -11,8 +11,9 @@ is then built on the meta device (shapes only: no memory, no weights, nothing re
   gradient passes through (a frozen part upstream of a trained one still passes gradients);
 - the expected peak memory per GPU, per stage, under DDP and FSDP2: parameters (in the LLM's dtype for
   the LLM, float32 elsewhere), gradients of trained parameters, AdamW's two moments, plus activations:
-  the bytes autograd saves for backward in one sample's forward (measured on the meta device, with the
-  LLM's gradient checkpointing as configured) times the per-GPU batch. FSDP2 shards parameters, gradients
+  the bytes autograd saves for backward in one sample's forward (measured on the meta device, each storage
+  once, with the LLM's gradient checkpointing as configured, halved for float32 parts under 16-bit mixed
+  precision) times the per-GPU batch. Model FLOPs leave out checkpointing's recomputed forward. FSDP2 shards parameters, gradients
   and optimiser state over every rank and adds the largest unsharded unit while it is gathered.
 
 Inputs a run needs but this machine may not have (the LLM directory, `init_from`, data shards) are
@@ -105,6 +106,11 @@ def missing_inputs(cfg: DictConfig, stand_in_dir: Path) -> list[str]:
             (stand_in_dir / "config.json").write_text(json.dumps(OmegaConf.to_container(expected)))
             with open_dict(cfg):
                 cfg.llm.path = str(stand_in_dir)
+    teacher = OmegaConf.select(cfg, "module.semantic.teacher", default=None)
+    if teacher is not None and "path" in teacher and (OmegaConf.is_missing(teacher, "path")
+                                                      or not Path(str(teacher.path)).exists()):
+        shown = "???" if OmegaConf.is_missing(teacher, "path") else teacher.path
+        inputs.append(f"module.semantic.teacher.path={shown} (the frozen teacher)")
     if OmegaConf.select(cfg, "data._target_", default="").endswith("ShardDataModule"):
         for key in ("train", "val"):
             pattern = OmegaConf.select(cfg, f"data.{key}", throw_on_missing=False)
@@ -200,10 +206,10 @@ def _measure(run, inputs: torch.Tensor) -> Cost:
     """FLOPs of run(inputs) forward and backward, and the bytes saved for backward, on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    saved = []
+    saved = {}  # storage -> bytes: a tensor saved by two ops (a conv's output read by the next) counts once
 
     def pack(tensor):
-        saved.append(tensor.numel() * tensor.element_size())
+        saved[tensor.untyped_storage()._cdata] = tensor.untyped_storage().nbytes()
         return tensor
 
     with FlopCounterMode(display=False) as forward:
@@ -211,7 +217,7 @@ def _measure(run, inputs: torch.Tensor) -> Cost:
             out = run(inputs)
     with FlopCounterMode(display=False) as backward:
         out.float().sum().backward()
-    return Cost(forward.get_total_flops(), backward.get_total_flops(), float(sum(saved)))
+    return Cost(forward.get_total_flops(), backward.get_total_flops(), float(sum(saved.values())))
 
 
 def _settle_flags(module: torch.nn.Module) -> None:
@@ -224,13 +230,23 @@ def _settle_flags(module: torch.nn.Module) -> None:
                 setattr(sub, name, True)
 
 
+def _check_loss_weights(cfg: DictConfig, losses: dict) -> None:
+    """Every loss the tokenizer returns has a weight in `loss.quantizer_weights` (else the first step fails)."""
+    weights = OmegaConf.select(cfg, "loss.quantizer_weights", default=None) or {}
+    missing = sorted(name for name in losses if name.split("/")[-1] not in weights)
+    if missing:
+        raise ValueError(f"tokenizer losses {missing} have no weight in loss.quantizer_weights")
+
+
 def part_costs(cfg: DictConfig, model: MetaModel) -> dict[str, Cost]:
     """One sample through each part (meta device): encoder, decoder, projector, LLM, discriminator."""
     res = int(cfg.data.resolution)
     image = torch.empty(1, 3, res, res, device="meta", requires_grad=True)
     tok = model.tokenizer.eval()
     _settle_flags(tok)
-    embeddings = tok.encode(image.detach()).embeddings.detach().requires_grad_(True)  # (1, N, D)
+    encoded = tok.encode(image.detach())
+    _check_loss_weights(cfg, encoded.losses)
+    embeddings = encoded.embeddings.detach().requires_grad_(True)  # (1, N, D)
     costs = {"encoder": _measure(lambda x: tok.encode(x).embeddings, image),
              "decoder": _measure(lambda e: tok.decode(e), embeddings)}
     if model.discriminator is not None:
@@ -246,7 +262,17 @@ def part_costs(cfg: DictConfig, model: MetaModel) -> dict[str, Cost]:
         length = sequence.shape[1]
         mask = torch.ones(1, 1, length, length, dtype=torch.bool, device="meta").tril()
         model.llm.train()
-        costs["llm"] = _measure(lambda e: model.llm(inputs_embeds=e, attention_mask=mask).logits, sequence)
+
+        def llm(e):
+            return model.llm(inputs_embeds=e, attention_mask=mask).logits
+
+        checkpointing = model.llm.is_gradient_checkpointing
+        if checkpointing:  # model FLOPs leave out the recomputed forward; memory keeps what checkpointing saves
+            model.llm.gradient_checkpointing_disable()
+        costs["llm"] = _measure(llm, sequence)
+        if checkpointing:
+            model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            costs["llm"].saved = _measure(llm, sequence).saved
     return costs
 
 
@@ -284,8 +310,10 @@ def stage_flops(stage, model: MetaModel, costs: dict[str, Cost]) -> float:
     return total
 
 
-def stage_memory(stage, model: MetaModel, costs: dict[str, Cost], batch: int, world: int) -> dict[str, float]:
-    """Expected peak bytes per GPU under DDP and FSDP2 (see the module docstring)."""
+def stage_memory(stage, model: MetaModel, costs: dict[str, Cost], batch: int, world: int,
+                 half: float = 1.0) -> dict[str, float]:
+    """Expected peak bytes per GPU under DDP and FSDP2 (see the module docstring). `half` scales the float32
+    parts' activations: 0.5 under 16-bit mixed precision (autocast keeps their activations in 16 bits)."""
     parts = {"tokenizer": model.tokenizer, "projector": model.projector, "llm": model.llm,
              "discriminator": model.discriminator}
     trained = set(stage.train)
@@ -301,7 +329,8 @@ def stage_memory(stage, model: MetaModel, costs: dict[str, Cost], batch: int, wo
             trained_bytes += size
     state = weights + trained_bytes * (1 + ADAM_MOMENTS)  # parameters, gradients, AdamW moments
     used = _used_parts(stage, model)
-    activations = batch * sum(costs[p].saved * (2 if p == "discriminator" else 1) for p in used if used[p])
+    activations = batch * sum(costs[p].saved * (2 if p == "discriminator" else 1) * (1 if p == "llm" else half)
+                              for p in used if used[p])
     return {"ddp": (state + activations) / GIB,
             "fsdp2": (state / world + largest_unit + activations) / GIB}
 
@@ -330,9 +359,10 @@ def size_run(cfg: DictConfig, plan: RunPlan) -> None:
     plan.world_size = _ranks(cfg.trainer.get("devices")) * _ranks(cfg.trainer.get("num_nodes"))
     plan.batch_per_gpu = int(cfg.data.batch_size)
     costs = part_costs(cfg, model)
+    half = 0.5 if "16" in str(cfg.trainer.get("precision", "32")) else 1.0
     for stage in stages_from_config(cfg.stages, cfg.get("max_steps_per_stage"), cfg.get("stage_defaults")):
         plan.stages.append(StagePlan(stage.name, stage.steps, list(stage.train), stage_flops(stage, model, costs),
-                                     stage_memory(stage, model, costs, plan.batch_per_gpu, plan.world_size)))
+                                     stage_memory(stage, model, costs, plan.batch_per_gpu, plan.world_size, half)))
 
 
 def _ranks(value) -> int:

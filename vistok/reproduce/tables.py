@@ -182,10 +182,8 @@ TABLES["instella_bits"] = Table(
         Row("1-D VQ, K = 256 (8 bits / token)", "binary1d_mini_vq1d",
             ["tokenizer/quantizer=vq", "tokenizer.quantizer.codebook_size=256"], shared=()),
         # Bits per image of binary-8. Mini: a 4 x 4 grid with K = 256; paper: an 8 x 8 grid with K = 2^16 at 1024 px.
-        Row("2-D VQ at binary-8's bits per image", "binary1d_mini_vq2d",
-            ["tokenizer=vq", "tokenizer.embed_dim=16", "tokenizer.quantizer.codebook_size=65536",
-             "tokenizer.encoder.base_channels=128", "tokenizer.encoder.ch_mult=[1,1,2,2,4,4,4,4]",
-             "tokenizer.encoder.blocks_per_level=2"], shared=()),
+        Row("2-D VQ at binary-8's bits per image", "binary1d_mini_vq2d", shared=(),
+            paper_experiment="instella_paper_vq2d"),
     ],
     ours=["psnr", "ssim", "bit_entropy", "token_bit_entropy", "train_eval_psnr_gap", "codebook_usage"],
     paper_columns=[],  # the paper reports one operating point (128 tokens x 64 bits), no sweep over bits
@@ -324,20 +322,26 @@ TABLES["tokenflex_budget"] = Table(
 # code histogram (gated), /flat on the whole grid (reported only: pixel codes already saturate it).
 DUAL_OURS = ["probe_accuracy", "probe_accuracy/histogram", "probe_accuracy/flat", "psnr", "ssim", "codebook_usage",
              "codebook_perplexity"]
+# Paper-scale arms on tokenflow_paper (multi-scale by default): Table 5's first rows quantize at one scale,
+# and the one-codebook row feeds its 40-d semantic code to the pixel decoder.
+SINGLE_SCALE = ["tokenizer.quantizer.scales=null", "tokenizer.quantizer.scale_drop=0.0"]
+ONE_CODEBOOK = ["tokenizer.semantic_dim=40", "tokenizer.pixel_dim=0", "tokenizer.encoder.pixel=null",
+                "tokenizer.quantizer.dims=[40]", "tokenizer.quantizer.weights=[1.0]",
+                "tokenizer.decoder.pixel_reads=both", "tokenizer.decoder.pixel.in_dim=40"]
 TABLES["tokenflow_table5"] = Table(
     name="tokenflow_table5",
     title="TokenFlow Table 5 - one codebook vs dual codebooks with a shared index (+ MSVQ); pixel-only VQ controls",
     rows=[
-        Row("pixel-only VQ (D = 16)", "dual_mini_vq", ["tokenizer=vq", "module.semantic=null"], shared=()),
-        Row("pixel-only VQ as wide as the pair (D = 24)", "dual_mini_vq_wide",
-            ["tokenizer=vq", "module.semantic=null", "tokenizer.embed_dim=40"], shared=()),
-        Row("one codebook + semantic loss", "dual_mini_single",
-            ["tokenizer.semantic_dim=40", "tokenizer.pixel_dim=0", "tokenizer.encoder.pixel=null",
-             "tokenizer.quantizer.dims=[40]", "tokenizer.quantizer.weights=[1.0]"], shared=(),
+        Row("pixel-only VQ (D = 16; paper: the pixel half's 8)", "dual_mini_vq", shared=(),
+            paper_experiment="tokenflow_paper_vq"),
+        Row("pixel-only VQ as wide as the pair (D = 24; paper: 40)", "dual_mini_vq_wide", ["tokenizer.embed_dim=40"],
+            shared=(), paper_experiment="tokenflow_paper_vq"),
+        Row("one codebook + semantic loss", "dual_mini_single", [*SINGLE_SCALE, *ONE_CODEBOOK], shared=(),
             paper={"MME-P": 1252, "SEED": 57.8, "TQA": 49.2, "rFID": 8.07}),
-        Row("dual codebooks, shared index", "dual_mini", [], shared=(),
+        Row("dual codebooks, shared index", "dual_mini", SINGLE_SCALE, shared=(),
             paper={"MME-P": 1213, "SEED": 56.0, "TQA": 47.4, "rFID": 3.96}),
-        Row("+ multi-scale VQ", "dual_mini_msvq", ["tokenizer.quantizer.scales=[1,2,4,6,8,10,12,14,16]"], shared=(),
+        # tokenflow_paper's own multi-scale setting (scales that divide its 16 x 16 grid).
+        Row("+ multi-scale VQ", "dual_mini_msvq", [], shared=(),
             paper={"MME-P": 1210, "SEED": 56.1, "TQA": 47.4, "rFID": 2.18}),
         Row("dual, taught by the LLM caption loss only", "dual_mini_llm", ["module.semantic=null"], shared=()),
     ],

@@ -1,0 +1,64 @@
+"""`scripts.reproduce TABLE --scale S --dry-run`: every planned run composes, validates and builds (meta device),
+and the sizes it prints are the model's (parameters, tokens, FLOPs against the 6 N L rule, memory by strategy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vistok.reproduce.dry_run import dry_run, render
+from vistok.reproduce.runner import plan
+from vistok.reproduce.tables import TABLES
+
+
+def plans_of(table_name: str, scale: str, tmp_path: Path):
+    table = TABLES[table_name]
+    bases, rows = plan(table, scale, 1, tmp_path, table.stages)
+
+    def job(label, j):
+        return label, [o for o in j.overrides if not o.startswith("seed=")], 0, j.run_dir
+
+    return dry_run([job("base", j) for j in bases] + [job(n, j) for n, js in rows.items() for j in js])
+
+
+@pytest.mark.parametrize("scale", ["smoke", "mini", "paper"])
+@pytest.mark.parametrize("table_name", sorted(TABLES))
+def test_every_planned_run_composes_validates_and_builds(table_name, scale, tmp_path):
+    plans = plans_of(table_name, scale, tmp_path)
+    failed = {p.label: p.error for p in plans if p.error}
+    assert not failed, render(plans)
+    for p in plans:
+        assert p.stages and all(s.flops_per_sample > 0 for s in p.stages), p.label
+        assert p.params["tokenizer"] > 0 and p.tokens_per_image > 0
+
+
+def test_ett_paper_sizes_follow_the_model(tmp_path):
+    plans = {p.label: p for p in plans_of("ett_table5", "paper", tmp_path)}
+    ett = plans["ett_mini"]  # ETT alpha 0.25 at paper scale: IBQ K = 131,072 + Qwen2.5-1.5B
+    assert ett.tokens_per_image == 1024 and ett.llm_sequence == 1024 + 256
+    assert ett.params["llm"] == pytest.approx(1.54e9, rel=0.01)
+    assert ett.params["quantizer"] == 131072 * 256
+    assert ett.world_size == 64
+    assert any("llm.path" in i for i in ett.inputs) and any("data.train" in i for i in ett.inputs)
+    stages = {s.name: s for s in ett.stages}
+    # The LLM's forward + backward is about 6 N L (the attention term on top); the tokenizer adds its own.
+    rule = 6 * ett.params["llm"] * ett.llm_sequence
+    assert rule < stages["ett"].flops_per_sample < 1.6 * rule
+    # Post-training trains the LLM only (tokenizer frozen): less work and less memory than ETT's stage.
+    assert stages["post"].flops_per_sample < stages["ett"].flops_per_sample
+    for stage in stages.values():
+        assert stage.memory_gib["fsdp2"] < stage.memory_gib["ddp"]
+
+
+def test_a_broken_row_is_named_and_the_command_fails(tmp_path, capsys, monkeypatch):
+    from scripts import reproduce
+    from vistok.reproduce import tables
+
+    broken = tables.Row("broken", "broken_row", ["tokenizer.quantizer.codebook_size=oops"])
+    table = TABLES["ett_table4"]
+    monkeypatch.setitem(TABLES, "ett_table4", type(table)(**{**table.__dict__, "rows": [*table.rows, broken]}))
+    code = reproduce.main(["ett_table4", "--scale", "paper", "--dry-run", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAILED: broken_row" in out and "codebook_size" in out
