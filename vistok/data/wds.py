@@ -17,30 +17,52 @@ spawned workers (or before the process group exists) it silently sees rank 0 of 
 
 from __future__ import annotations
 
+import contextlib
 import glob
-import io
 import itertools
 import json
 import logging
 import os
 import re
+import signal
+import time
+from collections import Counter
 from typing import Any, Iterable, Iterator
 
 import braceexpand
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter, _SingleProcessDataLoaderIter
+
+from vistok.data.decode import load_image
+
+__all__ = ["NoUsableDataError", "ShardLoader", "count_samples", "expand_urls", "load_image", "make_train_loader",
+           "make_val_loader", "rank_shards", "read_captions", "waiting_for_data"]
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 _REMOTE_RE = re.compile(r"^(pipe:|[a-zA-Z][a-zA-Z0-9+.-]*://)")
-# A stream that fails this many samples/shards in a row without one success is treated as broken:
-# skipping forever would hang training (resampled shards never run out).
+# A stream that drops this many rows, samples or shards in a row (corrupt, failed the status filter, a shard
+# with no row), or goes this many seconds, without one usable sample is treated as broken: skipping forever
+# would hang training (resampled shards never run out). Read when a stream starts.
 MAX_CONSECUTIVE_FAILURES = 1000
+STALL_SECONDS = 300.0
 _LOGGED_SKIPS = 5
+_NAMED_SHARDS = 5
+
+
+class NoUsableDataError(RuntimeError):
+    """A stream yields no usable sample, or a validation set holds none; the message names the shards."""
+
+
+def describe_shards(urls: Iterable[str]) -> str:
+    """The first few shard names (sorted, de-duplicated) and how many more there are."""
+    names = sorted(set(urls))
+    more = f" and {len(names) - _NAMED_SHARDS} more" if len(names) > _NAMED_SHARDS else ""
+    return ", ".join(names[:_NAMED_SHARDS]) + more
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,16 +145,29 @@ def count_samples(urls: Any) -> int | None:
 
 
 class _SkipCounter:
-    """Webdataset exception handler that counts skipped samples instead of raising.
+    """Counts what a stream drops, and stops a stream that makes no progress.
 
-    `pending` is what the next batch reports; `consecutive` detects a stream that never succeeds.
+    Used as a webdataset exception handler: a corrupt sample or shard is skipped and counted in `pending`
+    (what the next batch reports, summed into `data_skipped`) and `total`. Rows img2dataset marked as failed
+    (`filtered`) and shard openings (`opened`) are not corrupt data and are not counted there.
+
+    All three count as unusable in `consecutive` until `succeeded` marks progress. More than
+    `MAX_CONSECUTIVE_FAILURES` of them in a row, or `STALL_SECONDS` without progress, raise
+    `NoUsableDataError` naming the shards they came from: a resampled stream would otherwise skip forever.
     """
 
-    def __init__(self, max_consecutive: int = MAX_CONSECUTIVE_FAILURES):
+    def __init__(self, shards: Iterable[str] = ()):
         self.pending = 0
         self.total = 0
         self.consecutive = 0
-        self.max_consecutive = max_consecutive
+        self.max_consecutive = MAX_CONSECUTIVE_FAILURES
+        self.stall_seconds = STALL_SECONDS
+        self.shards = list(shards)  # named when the failing ones are unknown
+        self.current_shard: str | None = None  # the shard being read, set by `opened` or the decoder
+        self.failing_shards: set[str] = set()  # shards of the unusable events since the last progress
+        self.since_progress: Counter = Counter()  # unusable events by kind since the last progress
+        self.overall: Counter = Counter()  # the same, never reset
+        self.last_progress = time.monotonic()
         self._last_message = ""
 
     def __call__(self, exn: Exception) -> bool:
@@ -140,12 +175,46 @@ class _SkipCounter:
             return True
         self.pending += 1
         self.total += 1
-        self.consecutive += 1
         if self.total <= _LOGGED_SKIPS:
             log.warning("skipping corrupt sample or shard: %r", exn)
-        if self.consecutive > self.max_consecutive:
-            raise RuntimeError(f"{self.consecutive} consecutive corrupt samples/shards; last: {exn!r}")
+        self._unusable("corrupt samples or shards", self.current_shard, exn)
         return True  # tell webdataset to continue with the next sample
+
+    def filtered(self, shard: str | None) -> None:
+        """A row img2dataset marked as failed was dropped."""
+        self._unusable("rows that failed the status filter", shard)
+
+    def opened(self, shard: str) -> None:
+        """A shard is opened: unusable until one of its rows is (a shard with no row never is)."""
+        self.current_shard = shard
+        self._unusable("shard openings", shard)
+
+    def succeeded(self) -> None:
+        self.consecutive = 0
+        self.failing_shards.clear()
+        self.since_progress.clear()
+        self.last_progress = time.monotonic()
+
+    def take(self) -> int:
+        """Return the number skipped since the last call, and reset it."""
+        count, self.pending = self.pending, 0
+        return count
+
+    def _unusable(self, kind: str, shard: str | None, exn: Exception | None = None) -> None:
+        self.consecutive += 1
+        self.since_progress[kind] += 1
+        self.overall[kind] += 1
+        if shard is not None and len(self.failing_shards) <= _NAMED_SHARDS:
+            self.failing_shards.add(shard)
+        waited = time.monotonic() - self.last_progress
+        if self.consecutive > self.max_consecutive or waited > self.stall_seconds:
+            span = (f"{self.consecutive} in a row" if self.consecutive > self.max_consecutive
+                    else f"{waited:.0f} seconds")
+            raise NoUsableDataError(
+                f"no usable sample in {span} ({_counts(self.since_progress)}) from shards "
+                f"{describe_shards(self.failing_shards or self.shards)}"
+                + (f"; last error: {exn!r}" if exn is not None else "")
+                + f". Check the shards (limits: {self.max_consecutive} in a row, {self.stall_seconds:.0f} seconds)")
 
     def _repeats_last_shard_error(self, exn: Exception) -> bool:
         """True for the second report of one truncated shard.
@@ -158,13 +227,38 @@ class _SkipCounter:
         stream = exn.args[-2] if len(exn.args) >= 3 else None
         return stream is not None and hasattr(stream, "read") and last.endswith(f" @ {stream}")
 
-    def succeeded(self) -> None:
-        self.consecutive = 0
 
-    def take(self) -> int:
-        """Return the number skipped since the last call, and reset it."""
-        count, self.pending = self.pending, 0
-        return count
+def _counts(counter: Counter) -> str:
+    return ", ".join(f"{count} {kind}" for kind, count in sorted(counter.items())) or "nothing read"
+
+
+class _CountOpenings:
+    """Pipeline stage before the tar reader: tells the counter which shard is read, and counts the opening."""
+
+    def __init__(self, counter: _SkipCounter):
+        self.counter = counter
+
+    def __call__(self, shards: Iterator[dict]) -> Iterator[dict]:
+        for shard in shards:
+            self.counter.opened(shard["url"])
+            yield shard
+
+
+class _StatusFilter:
+    """`wds.select` predicate: keeps the rows img2dataset did not mark as failed.
+
+    A kept row is progress for the raw stream; a dropped one counts toward its stop (`_SkipCounter.filtered`).
+    """
+
+    def __init__(self, counter: _SkipCounter):
+        self.counter = counter
+
+    def __call__(self, sample: dict) -> bool:
+        if _is_success(sample):
+            self.counter.succeeded()
+            return True
+        self.counter.filtered(sample.get("__url__"))
+        return False
 
 
 # img2dataset writes `"status": "success"` with json.dumps' default separators.
@@ -198,39 +292,6 @@ def _plainly_successful(raw: bytes) -> bool:
             and b"\\" not in raw)
 
 
-def load_image(data: bytes, resolution: int) -> torch.Tensor:
-    """Decode image bytes, resize the short side to `resolution`, centre-crop to a square.
-
-    Returns:
-        (3, resolution, resolution) float tensor in [-1, 1].
-    """
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        if img.mode != "RGB":  # converting an RGB image would only copy it
-            img = img.convert("RGB")
-    width, height = img.size
-    scale = resolution / min(width, height)
-    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-    if size != img.size:
-        img = img.resize(size, Image.BICUBIC)
-    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    if size != (resolution, resolution):
-        img = img.crop((left, top, left + resolution, top + resolution))
-    return _to_unit_range(img)
-
-
-def _to_unit_range(img: Image.Image) -> torch.Tensor:
-    """(3, H, W) float32 in [-1, 1] from an RGB image, as `x / 127.5 - 1` in float32.
-
-    The float array is made once and scaled in place: per sample, the intermediate uint8 copy and
-    tensor calls cost as much as decoding a small PNG.
-    """
-    array = np.asarray(img, dtype=np.float32)  # a fresh, writable array
-    array /= 127.5
-    array -= 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)
-
-
 class _Decode:
     """Turn a raw webdataset sample into {"image", "caption", "key"}; raises if it is corrupt.
 
@@ -245,6 +306,7 @@ class _Decode:
 
     def __call__(self, sample: dict) -> dict:
         ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+        self.counter.current_shard = sample.get("__url__")
         if ext is None:
             raise ValueError(f"sample {sample.get('__key__')!r} has no image ({sorted(sample)})")
         image = load_image(sample[ext], self.resolution)
@@ -277,6 +339,17 @@ def _worker() -> tuple[int, int]:
     """(worker id, number of workers) of the current DataLoader process; (0, 1) in the main one."""
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _default_stop_signal_in_worker() -> None:
+    """In a DataLoader worker, let SIGTERM end the process again.
+
+    A forked worker inherits the training process's SIGTERM handlers (Lightning's only sets a flag), so the
+    DataLoader's own `terminate()` of a worker stuck reading a shard would be ignored and the exit would wait
+    for it forever. Workers hold no state worth a graceful stop.
+    """
+    if get_worker_info() is not None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,15 +402,19 @@ class TrainStream(IterableDataset):
             return iter(())
         shard_seed, shuffle_seed = np.random.SeedSequence(
             [self.seed, self.rank, worker, self.epoch]).generate_state(2).tolist()
-        counter = _SkipCounter()
+        _default_stop_signal_in_worker()
+        # Rows are counted before the shuffle buffer and samples after it, each against its own progress:
+        # a row that passes the status filter is progress for the first even before it is decoded.
+        rows, decodes = _SkipCounter(self.urls), _SkipCounter(self.urls)
         pipeline = wds.DataPipeline(
             # worker_seed is a constant: the default one reads RANK from the environment.
             wds.ResampledShards(self.urls, seed=shard_seed, worker_seed=_zero, deterministic=True),
-            wds.tarfile_to_samples(handler=counter),
-            wds.select(_is_success),
+            _CountOpenings(rows),
+            wds.tarfile_to_samples(handler=rows),
+            wds.select(_StatusFilter(rows)),
             wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), seed=shuffle_seed),
-            wds.map(_Decode(self.resolution, counter, self.require_caption), handler=counter),
-            wds.batched(self.batch_size, collation_fn=_Collate(counter), partial=False),
+            wds.map(_Decode(self.resolution, decodes, self.require_caption), handler=decodes),
+            wds.batched(self.batch_size, collation_fn=_Collate(_CombinedCounter(rows, decodes)), partial=False),
         ).with_epoch(num_batches)
         # Batches already trained on are dropped with their skip counts (the checkpoint counted those).
         return itertools.islice(iter(pipeline), self._worker_done(worker, num_workers), None)
@@ -392,30 +469,60 @@ class ValStream(IterableDataset):
 
     def _owned_samples(self, slot: int, slots: int, shard_errors: _SkipCounter,
                        decode_errors: _SkipCounter) -> Iterator[dict]:
-        raw = wds.DataPipeline(
-            wds.SimpleShardList(self.urls),
-            wds.tarfile_to_samples(handler=shard_errors),
-            wds.select(_is_success),
-        )
         decode = _Decode(self.resolution, decode_errors, self.require_caption)
-        total = 0
-        for total, sample in enumerate(itertools.islice(raw, self.limit), start=1):
-            shard_errors.succeeded()
+        total = decoded = 0
+        for total, sample in enumerate(self._rows(shard_errors), start=1):
             if (total - 1) % slots != slot:
                 continue
             try:
-                yield {**decode(sample), "valid": True}
+                item = decode(sample)
             except Exception as exn:  # noqa: BLE001 - any decode failure is a skipped sample
                 decode_errors(exn)
                 if slots > 1:
                     yield self._blank()
+                continue
+            decoded += 1
+            yield {**item, "valid": True}
+        if decoded == 0 and (total == 0 or slots == 1 or not self._any_sample_decodes()):
+            raise NoUsableDataError(self._nothing_usable(total, shard_errors, decode_errors))
         for _ in range(-(-total // slots) - len(range(slot, total, slots))):
             yield self._blank()
 
+    def _rows(self, counter: _SkipCounter) -> Iterator[dict]:
+        """The rows that pass the status filter, in shard order (the first `limit`): the same on every slot."""
+        raw = wds.DataPipeline(
+            wds.SimpleShardList(self.urls),
+            _CountOpenings(counter),
+            wds.tarfile_to_samples(handler=counter),
+            wds.select(_StatusFilter(counter)),
+        )
+        return itertools.islice(raw, self.limit)
+
+    def _any_sample_decodes(self) -> bool:
+        """Whether any slot's sample decodes, asked by a slot whose own samples all failed.
+
+        Slots must agree on whether the set is empty (a rank that stopped alone would leave the others
+        waiting in a collective), so the slot reads the set again and decodes until one sample succeeds.
+        """
+        decode = _Decode(self.resolution, _SkipCounter(self.urls), self.require_caption)
+        for sample in self._rows(_SkipCounter(self.urls)):
+            with contextlib.suppress(Exception):
+                decode(sample)
+                return True
+        return False
+
+    def _nothing_usable(self, rows: int, shard_errors: _SkipCounter, decode_errors: _SkipCounter) -> str:
+        dropped = shard_errors.overall + decode_errors.overall
+        dropped.pop("shard openings", None)
+        return (f"the validation set has no usable sample: {rows} rows passed the status filter, "
+                f"{_counts(dropped)} in shards {describe_shards(self.urls)}; validating on "
+                "nothing would report no metrics. Check data.val")
+
     def __iter__(self) -> Iterator[dict]:
+        _default_stop_signal_in_worker()
         worker, num_workers = _worker()
         slots, slot = self.world_size * num_workers, self.rank * num_workers + worker
-        shard_errors, decode_errors = _SkipCounter(), _SkipCounter()
+        shard_errors, decode_errors = _SkipCounter(self.urls), _SkipCounter(self.urls)
         samples = self._owned_samples(slot, slots, shard_errors, decode_errors)
         counter = _CombinedCounter(shard_errors if slot == 0 else None, decode_errors)
         return _batches(samples, self.batch_size, _Collate(counter))
@@ -436,6 +543,42 @@ def _batches(samples: Iterator[dict], batch_size: int, collate) -> Iterator[dict
     """Consecutive batches of `batch_size` samples; the last one may be partial."""
     while chunk := list(itertools.islice(samples, batch_size)):
         yield collate(chunk)
+
+
+class _Waiting:
+    """How many batch requests of the main thread are in progress (nested: an iterator may wrap another)."""
+
+    depth = 0
+
+
+@contextlib.contextmanager
+def _waiting_for_a_batch():
+    _Waiting.depth += 1
+    try:
+        yield
+    finally:
+        _Waiting.depth -= 1
+
+
+def waiting_for_data() -> bool:
+    """True while this process's main thread waits for a `ShardLoader` batch (reading, decoding, or for a worker).
+
+    Nothing is half-done then, so a stop signal can act at once (vistok/training/preemption.py) instead of
+    at the end of a batch that may never come.
+    """
+    return _Waiting.depth > 0
+
+
+class _SingleProcessIterator(_SingleProcessDataLoaderIter):
+    def _next_data(self):
+        with _waiting_for_a_batch():
+            return super()._next_data()
+
+
+class _MultiProcessIterator(_MultiProcessingDataLoaderIter):
+    def _next_data(self):
+        with _waiting_for_a_batch():
+            return super()._next_data()
 
 
 class ShardLoader(DataLoader):
@@ -466,6 +609,13 @@ class ShardLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def _get_iterator(self):
+        # DataLoader's own choice, with iterators that mark the wait for a batch (`waiting_for_data`).
+        if self.num_workers == 0:
+            return _SingleProcessIterator(self)
+        self.check_worker_number_rationality()
+        return _MultiProcessIterator(self)
 
     def __iter__(self):
         if hasattr(self.dataset, "epoch"):

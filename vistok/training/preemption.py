@@ -18,6 +18,12 @@ the job (submitit's handler, or `scontrol requeue`) and exits. The restarted job
 the same run directory, and the stage resumes from its newest checkpoint, which is that one
 (vistok/training/checkpointing.py). A signal that comes outside training (data preparation, validation,
 export) requeues at once: there is no step to save, and the restart resumes from what is on disk.
+
+A plain SIGTERM (`kill PID`, `timeout`, a scheduler's stop) ends the run in every state. Inside `fit`,
+Lightning's handler stops training at the end of the current batch; while the main thread waits for a batch
+(`vistok.data.wds.waiting_for_data`: a loader stuck on a hung shard may never deliver one) and outside
+Lightning, `StopRequested` is raised at once. Either way the run exits non-zero and the stage is not marked
+done, so the same command resumes it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ import time
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from vistok.data.wds import waiting_for_data
 
 PREEMPTED_CHECKPOINT = "preempted.ckpt"
 _REQUEUE_WAIT_S = 120  # other ranks wait this long for SLURM to stop them after rank 0 requeued
@@ -43,6 +52,7 @@ class _State:
     previous = None  # the handler vistok replaced (submitit's requeue handler under the launcher)
     received: int | None = None  # the signal number, once received during training
     training = False
+    stop_handler = False  # vistok's SIGTERM handler is installed
 
 
 _STATE = _State()
@@ -64,8 +74,41 @@ def preemption_signal() -> signal.Signals | None:
     return None
 
 
+class StopRequested(SIGTERMException):
+    """SIGTERM acted on at once. A SystemExit (Lightning's SIGTERMException, which the runner turns into the
+    stage's message) whose code is the message, so the process exits with status 1, never 0."""
+
+
+def install_stop_handler() -> bool:
+    """Make SIGTERM stop this process in every state (idempotent). Returns whether vistok's handler is in place.
+
+    A handler someone else installed is left alone: under submitit, SIGTERM is deliberately ignored so that
+    the preemption signal's requeue can finish.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    current = signal.getsignal(signal.SIGTERM)
+    if current is not _on_sigterm and current not in (signal.SIG_DFL, None):
+        return False
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _STATE.stop_handler = True
+    return True
+
+
+def _on_sigterm(signum: int, frame) -> None:
+    if waiting_for_data():
+        raise StopRequested("stopped by SIGTERM while waiting for the data loader's next batch")
+    if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+        return  # called by Lightning's handler, which stops training at the end of the current batch
+    raise StopRequested("stopped by SIGTERM")
+
+
 def install_preemption_handler() -> signal.Signals | None:
-    """Take over the preemption signal of this process (idempotent). Returns it, or None outside SLURM."""
+    """Take over the preemption signal of this process (idempotent), and SIGTERM (`install_stop_handler`).
+
+    Returns the preemption signal, or None outside SLURM.
+    """
+    install_stop_handler()
     signum = preemption_signal()
     if signum is None or _STATE.installed == signum:
         return _STATE.installed
@@ -80,7 +123,10 @@ def install_preemption_handler() -> signal.Signals | None:
 
 
 def uninstall_preemption_handler() -> None:
-    """Put the replaced handler back (tests; a process that trains more than one run)."""
+    """Put the replaced handlers back (tests; a process that trains more than one run)."""
+    if _STATE.stop_handler and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _STATE.stop_handler = False
     if _STATE.installed is not None:
         signal.signal(_STATE.installed, _STATE.previous or signal.SIG_DFL)
     _STATE.installed, _STATE.previous, _STATE.received, _STATE.training = None, None, None, False
