@@ -20,13 +20,24 @@ from vistok.reproduce.slurm import submit_all
 from vistok.reproduce.tables import TABLES
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (`--seeds 0` would plan the default number of seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("table", choices=sorted(TABLES))
     parser.add_argument("--scale", choices=["smoke", "mini", "paper"], default="mini")
-    parser.add_argument("--seeds", type=int, default=None, help="default: 3 at mini scale, 1 otherwise")
+    parser.add_argument("--seeds", type=positive, default=None, help="default: 3 at mini scale, 1 otherwise")
     parser.add_argument("--launcher", choices=["local", "slurm"], default="local")
-    parser.add_argument("--parallel", type=int, default=1, help="runs at once (local launcher)")
+    parser.add_argument("--parallel", type=positive, default=1, help="runs at once (local launcher)")
     parser.add_argument("--launcher-config", default="slurm",
                         help="slurm launcher: a hydra/launcher config (presets: configs/hydra/launcher/)")
     parser.add_argument("--launcher-arg", action="append", default=[], metavar="KEY=VALUE",

@@ -339,6 +339,15 @@ BAD_CONFIGS = {
         ["projector.pool_tokens=100", "64 tokens"]),
     "visual tokens exceed llm positions": (["experiment=ett_mini", "data.resolution=128"],
                                            ["1024 visual tokens", "llm.build.max_position_embeddings"]),
+    "zero learning rate of a trained group": (["experiment=vq_mini", "stages.tokenizer.lr.tokenizer=0"],
+                                              ["stages.tokenizer.lr.tokenizer=0", "> 0"]),
+    "negative learning rate": (["experiment=ett_mini", "stages.align.lr.llm=-1e-3"],
+                               ["stages.align.lr.llm=-0.001", "> 0"]),
+    "a stage that trains nothing": (["experiment=vq_mini", "stages.tokenizer.train=[]"],
+                                    ["stage 'tokenizer'", "'train' is empty"]),
+    "zero batch size": (["experiment=vq_mini", "data.batch_size=0"], ["data.batch_size=0", "positive"]),
+    "zero validation batch size": (["experiment=vq_mini", "data.val_batch_size=0"],
+                                   ["data.val_batch_size=0", "positive"]),
 }
 
 

@@ -91,3 +91,16 @@ def test_smoke_scale_runs_the_table(name, tmp_path, cache_dir, monkeypatch):
     stamp = {p: os.path.getmtime(p) for p in out.rglob("metrics.json")}
     assert main([name, "--scale", "smoke", "--out", str(out)]) == 0  # finished rows are reused, not re-run
     assert stamp == {p: os.path.getmtime(p) for p in out.rglob("metrics.json")}
+
+
+@pytest.mark.parametrize("flag", ["--seeds", "--parallel"])
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_zero_or_negative_counts_are_refused_before_any_run(flag, value, tmp_path, capsys):
+    from scripts import reproduce
+
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["ett_table5", "--scale", "smoke", flag, value, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and "must be at least 1" in err, err
+    assert not any(tmp_path.iterdir()), "nothing may be planned or run"

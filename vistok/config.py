@@ -64,6 +64,7 @@ def validate(cfg: DictConfig) -> None:
     check_override_types(cfg, overrides, reference)
     check_run_name(cfg)
     check_init(cfg)
+    check_batches(cfg)
     check_stages(cfg)
     check_connections(cfg)
 
@@ -76,6 +77,15 @@ def check_run_name(cfg: DictConfig) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_.,=+-]+", name) or set(name) == {"."}:
         raise ConfigError(f"run_name={name!r} must be one directory name: letters, digits and _ . , = + - "
                           "(no '/', spaces or ':')")
+
+
+def check_batches(cfg: DictConfig) -> None:
+    """Batch sizes that can carry a sample (0 would divide by zero after the model is built, or validate
+    nothing)."""
+    for key in ("batch_size", "val_batch_size"):
+        value = OmegaConf.select(cfg, f"data.{key}", default=None)
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise ConfigError(f"data.{key}={value} must be a positive number of samples")
 
 
 def check_init(cfg: DictConfig) -> None:
@@ -118,9 +128,13 @@ def check_stages(cfg: DictConfig) -> None:
                 raise ConfigError(f"stages.{stage.name}.train names '{group}', but this experiment has no "
                                   f"{group} ({key} is {'false' if group == 'visual_head' else 'null'})")
             try:
-                stage.lr_for(group)
+                lr = stage.lr_for(group)
             except KeyError as exn:
                 raise ConfigError(f"stages.{stage.name}.lr: {exn.args[0]}") from exn
+            if not lr > 0:  # 0 freezes the group while it still pays for gradients; < 0 ascends; NaN
+                key = "tokenizer" if group in ("encoder", "quantizer", "decoder") else group
+                raise ConfigError(f"stages.{stage.name}.lr.{key}={lr} cannot train '{group}': a trained group "
+                                  "needs a learning rate > 0 (leave a group out of 'train' to freeze it)")
 
 
 def check_connections(cfg: DictConfig) -> None:

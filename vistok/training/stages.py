@@ -52,6 +52,9 @@ class Stage:
         if self.generation_weight < 0 or self.caption_weight < 0:
             raise ValueError(f"stage '{self.name}': loss weights must be >= 0, got caption_weight="
                              f"{self.caption_weight}, generation_weight={self.generation_weight}")
+        if not groups:
+            raise ValueError(f"stage '{self.name}': 'train' is empty; a stage trains at least one group of "
+                             f"{['tokenizer', *ALL_GROUPS]} (remove the stage with stages.{self.name}=null)")
         if self.steps <= 0:
             raise ValueError(f"stage '{self.name}': steps must be positive, got {self.steps}")
         self.train = tuple(dict.fromkeys(groups))
