@@ -69,6 +69,9 @@ def test_wandb_steps_are_monotone_across_stages_and_every_stage_keeps_its_number
     for stage in STAGES:
         assert f"val/{stage}/caption_loss" in summary or stage == "tokenizer", sorted(summary)
         assert f"val/{stage}/psnr" in summary, sorted(summary)
+        # Sample captions as a table: image, reference and generated caption per row.
+        table = summary[f"captions/{stage}"]
+        assert table["_type"] == "table-file" and table["ncols"] == 4 and table["nrows"] > 0
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vistok.eval.images import image_grid
+from vistok.eval.images import captioned_images, image_grid
 from vistok.training import prefix_eval
 
 
@@ -32,13 +32,16 @@ class RunReport:
         self.data["final"] = dict(metrics)
         self._write()
 
-    def finish(self, steps: int, wall_seconds: float, data_skipped: int, nan_skipped: int = 0) -> None:
+    def finish(self, steps: int, wall_seconds: float, data_skipped: int, nan_skipped: int = 0,
+               captions_truncated: int | None = None) -> None:
         if self.data["stages"]:
             last = list(self.data["stages"].values())[-1]
             self.data["final"] = {k: v for k, v in last.items() if k != "steps"}
         self.data["final"]["data_skipped"] = data_skipped
         if nan_skipped:
             self.data["final"]["nan_skipped"] = nan_skipped
+        if captions_truncated is not None:  # runs with an LLM
+            self.data["final"]["captions_truncated"] = captions_truncated
         self.data.update(steps=steps, wall_seconds=round(wall_seconds, 1))
         self._write()
 
@@ -67,15 +70,24 @@ def save_stage_pictures(module, stage: str, out_dir: Path, loggers: list) -> Non
         save_prefix_pictures(module, stage, images_dir, loggers)
     samples = getattr(module, "val_samples", [])
     if samples:
-        caption_grid = image_grid([preview["caption_images"][: len(samples)]])
+        caption_grid = captioned_images(preview["caption_images"][: len(samples)], [s.reference for s in samples],
+                                        [s.generated for s in samples])
         caption_grid.save(images_dir / f"captions_{stage}.png")
         _append_captions(out_dir / "sample_captions.json", stage, samples)
     for logger in loggers:
         if hasattr(logger, "log_image"):
-            captions = [f"{s.reference} -> {s.generated}" for s in samples] or None
             logger.log_image(key=f"recon/{stage}", images=[grid])
-            if samples:
-                logger.log_image(key=f"captions/{stage}", images=[caption_grid], caption=["\n".join(captions)])
+        if samples and hasattr(logger, "log_table"):
+            # One row per sample: the image, the caption it should get and the one the LLM wrote.
+            rows = [[s.key, wandb_image(s.image), s.reference, s.generated] for s in samples]
+            logger.log_table(key=f"captions/{stage}", columns=["key", "image", "reference", "generated"], data=rows)
+
+
+def wandb_image(image):
+    """A (3, H, W) image in [-1, 1] as a wandb image (wandb imported only when a wandb logger asks)."""
+    import wandb
+
+    return wandb.Image(image_grid([image[None]]))
 
 
 def _append_captions(path: Path, stage: str, samples: list) -> None:

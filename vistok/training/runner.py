@@ -175,6 +175,8 @@ def run(cfg: DictConfig) -> dict:
     datamodule.prepare()
     module = build_module(cfg, datamodule)
     datamodule.require_captions = module.llm is not None  # caption training: a caption-less sample is corrupt
+    if module.llm is not None:  # so that users can set module.max_caption_tokens from their captions
+        module.log_caption_lengths(datamodule.train_captions(limit=10_000))
     if cfg.get("init_from"):
         load_init(module, cfg.init_from)
     stages = stages_from_config(cfg.stages, cfg.get("max_steps_per_stage"), cfg.get("stage_defaults"))
@@ -198,7 +200,8 @@ def run(cfg: DictConfig) -> dict:
         offset += stage.steps
     if is_zero:
         report.finish(steps=offset, wall_seconds=time.time() - start, data_skipped=module.skipped_samples,
-                      nan_skipped=module.nan_skips)
+                      nan_skipped=module.nan_skips,
+                      captions_truncated=module.captions_truncated if module.llm is not None else None)
         final = None
         if geneval_enabled(cfg, module):
             final = unsharded(cfg, module, datamodule, out_dir / "checkpoints" / stages[-1].name)
