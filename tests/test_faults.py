@@ -434,6 +434,51 @@ def test_diverged_weights_are_never_written_over_a_good_checkpoint(tmp_path, cac
     assert load(stage_dir(run_dir) / "last.ckpt")["vistok"]["stage_step"] == 3  # the last good step
 
 
+# ---- 5. one process per run directory ------------------------------------------------------------------
+
+
+def start_train(args: list[str], run_dir: Path, cache: Path) -> subprocess.Popen:
+    env = {**os.environ, "VISTOK_CACHE": str(cache), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_second_process_on_a_live_run_directory_is_refused_and_changes_nothing(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    args = ["experiment=vq_mini", *TINY, "max_steps_per_stage=80", "checkpoint_every=2"]
+    first = start_train(args, run_dir, cache_dir)
+    first_ckpt = stage_dir(run_dir) / "step000002.ckpt"
+    deadline = time.time() + 300
+    while not first_ckpt.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert first.poll() is None, "the first run ended before the second could start"
+    config_before = (run_dir / ".hydra" / "config.yaml").read_text()
+    # A different experiment aimed at the same directory: it must neither train nor leave its config there.
+    second = run_train(["experiment=ett_mini", *TINY], run_dir, cache_dir)
+    assert second.returncode != 0
+    assert f"is in use by PID {first.pid} on host" in second.stderr, second.stderr[-2000:]
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == config_before
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    report = json.loads((run_dir / "metrics.json").read_text())
+    assert report["experiment"] == "vq_mini" and report["steps"] == 80
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    from vistok.training.run_lock import RunDirectoryInUse, RunLock
+
+    run_dir = tmp_path / "run"
+    dead = subprocess.run([sys.executable, "-c", "import sys; from vistok.training.run_lock import RunLock; "
+                           f"RunLock({str(run_dir)!r}).acquire(); sys.exit(0)"], cwd=ROOT, timeout=120)
+    assert dead.returncode == 0 and (run_dir / ".vistok.lock").exists()  # its holder died holding it
+    with RunLock(run_dir) as lock:
+        assert json.loads((run_dir / ".vistok.lock").read_text())["pid"] == os.getpid()
+        with pytest.raises(RunDirectoryInUse, match=f"PID {os.getpid()}"):
+            RunLock(run_dir).acquire()  # a second holder, even in the same process, is refused
+    assert lock._fd is None
+
+
 # ---- 6. loading untrusted files -------------------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ from vistok.training.quiet import quiet_libraries
 from vistok.training.replicas import ReplicaCheck
 from vistok.training.report import RunReport, save_stage_pictures
 from vistok.training.sharding import consolidate_checkpoint, is_distributed_checkpoint
+from vistok.training.run_lock import RunDirectoryInUse, RunLock
 from vistok.training.run_names import log_run_config, logger_overrides
 from vistok.training.stages import Stage, stages_from_config
 
@@ -164,7 +165,17 @@ def geneval(cfg: DictConfig, module: VistokModule, datamodule, out_dir: Path) ->
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train every stage of `cfg`, write metrics.json, pictures and the exported tokenizer. Returns metrics."""
+    """Train every stage of `cfg`, write metrics.json, pictures and the exported tokenizer. Returns metrics.
+
+    The run directory is locked for the whole run: a second process on it stops at once (run_lock.py)."""
+    try:
+        with RunLock(cfg.paths.output_dir):
+            return _run(cfg)
+    except RunDirectoryInUse as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def _run(cfg: DictConfig) -> dict:
     start = time.time()
     quiet_libraries()
     install_preemption_handler()  # before any Trainer exists, so Lightning leaves the SLURM signal to vistok
