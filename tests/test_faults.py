@@ -434,6 +434,28 @@ def test_diverged_weights_are_never_written_over_a_good_checkpoint(tmp_path, cac
     assert load(stage_dir(run_dir) / "last.ckpt")["vistok"]["stage_step"] == 3  # the last good step
 
 
+@pytest.mark.slow
+def test_a_stage_stopped_before_its_done_marker_is_finished_without_another_step(tmp_path, cache_dir):
+    """The window between a stage's last checkpoint and its `done` marker (validation runs there): a run
+    killed in it resumes to exactly the uninterrupted result, not one step further."""
+    args = ["experiment=vq_mini", *TINY]
+    reference, rerun = tmp_path / "reference", tmp_path / "rerun"
+    for run_dir in (reference, rerun):
+        result = run_train(args, run_dir, cache_dir)
+        assert result.returncode == 0, result.stderr[-3000:]
+    (stage_dir(rerun) / "done").unlink()  # as if killed after the last checkpoint, before the marker
+    (rerun / "metrics.json").unlink()
+    result = run_train(args, rerun, cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, resumed = load(stage_dir(reference) / "last.ckpt"), load(stage_dir(rerun) / "last.ckpt")
+    assert resumed["vistok"]["stage_step"] == expected["vistok"]["stage_step"] == 4
+    assert resumed["global_step"] == expected["global_step"]
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert metrics(rerun) == metrics(reference)
+    assert (stage_dir(rerun) / "done").exists()
+
+
 # ---- 5. one process per run directory ------------------------------------------------------------------
 
 

@@ -335,6 +335,11 @@ class ResumeState(Callback):
             restore_rng_state(self._pending)
             self._pending = None
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        # A stage resumed at its last step draws no batch: its saved random state still comes back, so the
+        # checkpoint written after fit and the validation equal an uninterrupted run's.
+        self.on_train_batch_start(trainer, pl_module, None, 0)
+
 
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy and torch (CPU and CUDA) random states, as types a `weights_only` load accepts."""

@@ -306,6 +306,12 @@ class VistokModule(L.LightningModule):
         if self.stage_step >= self.stage.steps:
             self.trainer.should_stop = True
 
+    def on_train_start(self) -> None:
+        # Resumed from a checkpoint of the stage's last step (the run stopped before its `done` marker):
+        # the stage is complete, so stop before a batch is drawn instead of training one step too many.
+        if self.stage_step >= self.stage.steps:
+            self.trainer.should_stop = True
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vistok"] = {"stage": self.stage.name, "stage_step": self.stage_step,
                                 "step_offset": self.step_offset}
