@@ -2,7 +2,7 @@
 validation sets with nothing usable, images in every mode, and images built to exhaust memory.
 
 Every file is written by the test: webdataset shards in the img2dataset layout (`<key>.png`, `<key>.txt`,
-`<key>.json` with "status"), PNGs written chunk by chunk, a FIFO standing for a shard on a hung file system.
+`<key>.json` with "status"), PNGs written chunk by chunk, a FIFO that a `pipe:` shard's command hangs on.
 Anything that hung before is run in a child process with a deadline. The tier is marked `faults`.
 """
 
@@ -140,11 +140,9 @@ def test_training_on_a_shard_of_failed_rows_fails_instead_of_hanging(tmp_path):
 # ---- 2. SIGTERM while the loader is stuck producing the first batch --------------------------------------
 
 
-def _hung_shard_dir(path: Path) -> Path:
-    """A directory whose only shard is a FIFO no one writes to: reading it blocks, like a hung mount."""
-    path.mkdir()
-    os.mkfifo(path / "train-00000.tar")
-    (path / "train-00000_stats.json").write_text(json.dumps({"successes": 100}))
+def _hung_fifo(path: Path) -> Path:
+    """A FIFO no one writes to: a `pipe:cat` shard reading it blocks, like a download that hangs."""
+    os.mkfifo(path)
     return path
 
 
@@ -162,14 +160,15 @@ def _wait_for_reader(fifo: Path, process: subprocess.Popen, timeout: float) -> i
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
 def test_sigterm_stops_a_run_whose_loader_is_stuck_on_the_first_batch(workers, tmp_path):
-    hung = _hung_shard_dir(tmp_path / "hung")
+    hung = _hung_fifo(tmp_path / "train-00000.tar")
     val = _write_tar(tmp_path / "val-00000.tar", _rows(_keys(8)))
-    args = [*SHARD_RUN, f"data.train={hung}", f"data.val={val}", f"data.num_workers={workers}"]
+    args = [*SHARD_RUN, f"data.train='pipe:cat {hung}'", "data.train_samples=100", f"data.val={val}",
+            f"data.num_workers={workers}"]
     env = {**os.environ, "VISTOK_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path / 'run'}"],
                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
-    writer = _wait_for_reader(hung / "train-00000.tar", process, timeout=240)
+    writer = _wait_for_reader(hung, process, timeout=240)
     try:
         time.sleep(1.0)  # the reader is now blocked in read(): nothing arrives, nothing ends the shard
         process.send_signal(signal.SIGTERM)

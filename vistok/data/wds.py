@@ -18,6 +18,7 @@ spawned workers (or before the process group exists) it silently sees rank 0 of 
 from __future__ import annotations
 
 import contextlib
+import gc
 import glob
 import itertools
 import json
@@ -35,11 +36,12 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter, _SingleProcessDataLoaderIter
+from webdataset.gopen import Pipe
 
 from vistok.data.decode import load_image
 
-__all__ = ["NoUsableDataError", "ShardLoader", "count_samples", "expand_urls", "load_image", "make_train_loader",
-           "make_val_loader", "rank_shards", "read_captions", "waiting_for_data"]
+__all__ = ["NoUsableDataError", "ShardLoader", "count_samples", "expand_urls", "kill_shard_commands", "load_image",
+           "make_train_loader", "make_val_loader", "rank_shards", "read_captions", "waiting_for_data"]
 
 log = logging.getLogger(__name__)
 
@@ -342,14 +344,20 @@ def _worker() -> tuple[int, int]:
 
 
 def _default_stop_signal_in_worker() -> None:
-    """In a DataLoader worker, let SIGTERM end the process again.
+    """In a DataLoader worker, let SIGTERM end the process again, taking its `pipe:` commands with it.
 
     A forked worker inherits the training process's SIGTERM handlers (Lightning's only sets a flag), so the
     DataLoader's own `terminate()` of a worker stuck reading a shard would be ignored and the exit would wait
     for it forever. Workers hold no state worth a graceful stop.
     """
     if get_worker_info() is not None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, _end_worker)
+
+
+def _end_worker(signum: int, frame) -> None:
+    kill_shard_commands()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -567,6 +575,39 @@ def waiting_for_data() -> bool:
     at the end of a batch that may never come.
     """
     return _Waiting.depth > 0
+
+
+def kill_shard_commands() -> int:
+    """Kill the running commands of this process's `pipe:` shards (e.g. a hung `curl`); returns how many.
+
+    For a stop while waiting for data: closing such a shard's stream makes webdataset wait for its command,
+    up to two hours. The command runs under a shell, so its descendants are killed with it (a `cat` left
+    behind would keep the pipes it inherited open). Called from a signal handler: it only walks live objects.
+    """
+    killed = 0
+    for obj in gc.get_objects():
+        if type(obj) is Pipe and obj.proc.poll() is None:  # type(): isinstance would touch odd proxies
+            for pid in [*_descendants(obj.proc.pid), obj.proc.pid]:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            killed += 1
+    return killed
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below `pid`, children first (from /proc; none where there is no /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in glob.glob("/proc/[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(entry) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()  # after "(command name)": state, ppid, ...
+            parents.setdefault(int(fields[1]), []).append(int(entry.split("/")[2]))
+    found, queue = [], [pid]
+    while queue:
+        children = parents.get(queue.pop(), [])
+        found += children
+        queue += children
+    return found
 
 
 class _SingleProcessIterator(_SingleProcessDataLoaderIter):

@@ -39,7 +39,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from vistok.data.wds import waiting_for_data
+from vistok.data.wds import kill_shard_commands, waiting_for_data
 
 PREEMPTED_CHECKPOINT = "preempted.ckpt"
 _REQUEUE_WAIT_S = 120  # other ranks wait this long for SLURM to stop them after rank 0 requeued
@@ -97,6 +97,7 @@ def install_stop_handler() -> bool:
 
 def _on_sigterm(signum: int, frame) -> None:
     if waiting_for_data():
+        kill_shard_commands()  # else closing a hung `pipe:` shard would wait for its command
         raise StopRequested("stopped by SIGTERM while waiting for the data loader's next batch")
     if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
         return  # called by Lightning's handler, which stops training at the end of the current batch
