@@ -132,6 +132,101 @@ def test_sampling_writes_valid_codes_for_each_family(family, compose_cfg, tiny_l
     assert torch.equal(again.indices, result.indices)  # the seed fixes the draw
 
 
+# ---- cached decoding writes what the full re-run writes ----------------------------------------------------
+
+CACHE_ARMS = {  # tokenizer overrides, how the LLM reads visual tokens
+    "vq_embeddings": (FAMILIES["vq"], "embeddings"),
+    "vq_indices": (FAMILIES["vq"], "indices"),
+    "dual_two_streams": (FAMILIES["dual_separate"], "embeddings"),
+    "binary1d_bits": (FAMILIES["binary1d"], "embeddings"),
+}
+
+
+def _context_sensitive(*modules: torch.nn.Module) -> None:
+    """Weights drawn at unit gain: at the LLM's own 0.02 init every position reads almost only its own input,
+    so greedy ids settle on one repeated token and a cache that lost the past would still write them."""
+    draws = torch.Generator().manual_seed(1)
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, (torch.nn.Linear, torch.nn.Embedding)):
+                fan_in = layer.weight.shape[1] if isinstance(layer, torch.nn.Linear) else 1
+                layer.weight.data = torch.randn(layer.weight.shape, generator=draws) / fan_in**0.5
+
+
+def _generator(arm: str, compose_cfg, tiny_llm_dir, use_cache: bool = True):
+    from vistok.generation.generator import TextToImage
+    from vistok.models.connector import MLPProjector
+    from vistok.models.llm import CausalLM
+    from vistok.models.visual_head import build_visual_head
+
+    overrides, llm_input = CACHE_ARMS[arm]
+    torch.manual_seed(0)
+    tokenizer = instantiate(compose_cfg(overrides).tokenizer).eval()
+    llm = CausalLM(tiny_llm_dir)
+    if llm_input == "indices":
+        llm.add_visual_vocab(tokenizer.codebook_size)
+    head = build_visual_head(tokenizer, llm.hidden_size)
+    projector = MLPProjector(tokenizer.embed_dim, llm.hidden_size) if llm_input == "embeddings" else None
+    _context_sensitive(llm, head, *([projector] if projector is not None else []))
+    return TextToImage(tokenizer, llm, head, projector, llm_input, use_cache=use_cache)
+
+
+def _write_recording_logits(generator, captions: list[str], options: SamplingOptions):
+    """(ids, the logits of every step) of one `sample_indices` call."""
+    logits, draw = [], generator._draw
+    generator._draw = lambda step_logits, *args: (logits.append(step_logits), draw(step_logits, *args))[1]
+    try:
+        return generator.sample_indices(captions, options, progress=False), torch.stack(logits, dim=1)
+    finally:
+        generator._draw = draw
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0], ids=["unguided", "guided"])
+@pytest.mark.parametrize("arm", sorted(CACHE_ARMS))
+def test_greedy_ids_are_the_same_with_and_without_the_cache(arm, guidance, compose_cfg, tiny_llm_dir):
+    generator = _generator(arm, compose_cfg, tiny_llm_dir)
+    captions = ["a small red circle at left with blue mark", "", "a big blue square"]  # prompts of 3 lengths
+    options = SamplingOptions(temperature=0, guidance_scale=guidance)
+    cached, cached_logits = _write_recording_logits(generator, captions, options)
+    generator.use_cache = False
+    full, full_logits = _write_recording_logits(generator, captions, options)
+    assert cached.shape == (3, generator.tokenizer.num_tokens, len(generator.tokenizer.codebook_sizes))
+    assert torch.equal(cached, full)
+    # the same logits at every step, not only the same argmax (ids alone can agree by settling on one token)
+    finite = torch.isfinite(full_logits)
+    assert torch.equal(finite, torch.isfinite(cached_logits))
+    torch.testing.assert_close(cached_logits[finite], full_logits[finite], rtol=1e-4, atol=1e-4)
+    assert len(torch.unique(full[..., 0])) > 4  # the ids depend on what came before
+
+
+@pytest.mark.parametrize("arm", ["vq_embeddings", "binary1d_bits"])
+def test_seeded_sampling_is_reproducible_and_the_same_with_and_without_the_cache(arm, compose_cfg, tiny_llm_dir):
+    generator = _generator(arm, compose_cfg, tiny_llm_dir)
+    captions = ["a small red circle at left with blue mark", "a big blue square"]
+    options = SamplingOptions(temperature=1.0, top_k=50, guidance_scale=2.0, seed=7)
+    first = generator.sample_indices(captions, options, progress=False)
+    assert torch.equal(generator.sample_indices(captions, options, progress=False), first)
+    other_seed = SamplingOptions(**{**options.__dict__, "seed": 8})
+    assert not torch.equal(generator.sample_indices(captions, other_seed, progress=False), first)
+    generator.use_cache = False
+    assert torch.equal(generator.sample_indices(captions, options, progress=False), first)
+
+
+def test_cached_decoding_feeds_only_the_newest_token(compose_cfg, tiny_llm_dir):
+    generator = _generator("vq_embeddings", compose_cfg, tiny_llm_dir)
+    lengths, forward = [], generator.llm.model.base_model.forward
+
+    def counting_forward(*args, **kwargs):
+        lengths.append(kwargs["inputs_embeds"].shape[1])
+        return forward(*args, **kwargs)
+
+    generator.llm.model.base_model.forward = counting_forward
+    captions = ["a small red circle at left with blue mark", ""]
+    generator.sample_indices(captions, SamplingOptions(temperature=0, guidance_scale=2.0), progress=False)
+    prompt_length = generator.llm.tokenize_prompts(captions, generator.max_caption_tokens)[0].shape[1]
+    assert lengths == [prompt_length] + [1] * (generator.tokenizer.num_tokens - 1)  # guidance in the same calls
+
+
 # ---- the judge --------------------------------------------------------------------------------------------
 
 

@@ -52,14 +52,17 @@ class TextToImage:
         projector: codebook embeddings -> LLM inputs (llm_input="embeddings"); None for llm_input="indices".
         llm_input: "embeddings" or "indices", as the model was trained.
         max_caption_tokens: caption length cap, as in training.
+        use_cache: write with the LLM's key/value cache: the prompts are read once, then each step feeds only
+            the newest visual token (O(N) LLM work for N tokens). False re-runs the whole sequence for every
+            token (O(N^2)); it writes the same ids and is kept as the reference the cache is checked against.
     """
 
     def __init__(self, tokenizer: nn.Module, llm: nn.Module, visual_head: nn.Module, projector: nn.Module | None,
-                 llm_input: str = "embeddings", max_caption_tokens: int = 24):
+                 llm_input: str = "embeddings", max_caption_tokens: int = 24, use_cache: bool = True):
         if llm_input == "embeddings" and projector is None:
             raise ValueError("llm_input='embeddings' needs a projector")
         self.tokenizer, self.llm, self.visual_head, self.projector = tokenizer, llm, visual_head, projector
-        self.llm_input, self.max_caption_tokens = llm_input, max_caption_tokens
+        self.llm_input, self.max_caption_tokens, self.use_cache = llm_input, max_caption_tokens, use_cache
 
     @classmethod
     def from_module(cls, module) -> "TextToImage":
@@ -77,29 +80,61 @@ class TextToImage:
 
     @torch.no_grad()
     def sample_indices(self, captions: list[str], options: SamplingOptions, progress: bool = True) -> torch.Tensor:
-        """Write N visual tokens per caption: (B,) captions -> (B, N, C) int64 ids."""
+        """Write N visual tokens per caption: (B,) captions -> (B, N, C) int64 ids.
+
+        With guidance the conditional and unconditional (empty caption) branches run as one batch of 2B rows
+        and share the tokens written so far.
+        """
         if not captions:
             raise ValueError("no captions to generate from")
-        b, n = len(captions), self.tokenizer.num_tokens
-        prompts = list(captions) + ([""] * b if options.guided else [])  # unconditional branch: empty caption
+        prompts = list(captions) + ([""] * len(captions) if options.guided else [])
         ids, attention = self.llm.tokenize_prompts(prompts, self.max_caption_tokens)
         prompt_embeds = self.llm.embed_text(ids)  # (B or 2B, T, H)
         generator = torch.Generator(device=ids.device).manual_seed(options.seed)
-        streams = len(self.tokenizer.codebook_sizes)
-        written = torch.zeros((b, 0, streams), dtype=torch.long, device=ids.device)
+        steps = tqdm(range(self.tokenizer.num_tokens), desc="visual tokens", disable=not progress, leave=False)
+        write = self._write_cached if self.use_cache else self._write_uncached
         with eval_mode(self.tokenizer, self.llm, self.visual_head, self.projector):
-            for _ in tqdm(range(n), desc="visual tokens", disable=not progress, leave=False):
-                step = self._next_logits(prompt_embeds, attention, written, options)
-                written = torch.cat([written, self._draw(step, options, generator)[:, None]], dim=1)
-        return written
+            tokens = write(prompt_embeds, attention, steps, options, generator)
+        return torch.stack(tokens, dim=1)
 
-    def _next_logits(self, prompt_embeds: torch.Tensor, attention: torch.Tensor, written: torch.Tensor,
-                     options: SamplingOptions) -> torch.Tensor:
-        """Logits of the next visual token given the prompt and the tokens so far: (B, C, V) or (B, K)."""
-        history = written.repeat(2, 1, 1) if options.guided else written  # both branches share the tokens
-        visual = self.visual_embeddings(history) if history.shape[1] else prompt_embeds[:, :0]
-        sequence = build_sequence(prompt_embeds, attention, visual)
-        hidden = self.llm.hidden_states(sequence.inputs_embeds, sequence.attention)[:, -1]  # (B or 2B, H)
+    def _write_cached(self, prompt_embeds: torch.Tensor, attention: torch.Tensor, steps, options: SamplingOptions,
+                      generator: torch.Generator) -> list[torch.Tensor]:
+        """One (B, C) token per step: the prompts fill the cache once, then each step feeds only the token
+        drawn last and reads every earlier position's keys and values from the cache."""
+        decoder = self.llm.model.base_model
+        dtype = self.llm.model.get_input_embeddings().weight.dtype
+        mask, inputs, cache, tokens = attention.long(), prompt_embeds, None, []
+        for _ in steps:
+            if tokens:
+                inputs = self.visual_embeddings(self._both_branches(tokens[-1][:, None], options))
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            out = decoder(inputs_embeds=inputs.to(dtype), attention_mask=mask, past_key_values=cache,
+                          use_cache=True)
+            cache = out.past_key_values
+            tokens.append(self._draw(self._logits(out.last_hidden_state[:, -1], options), options, generator))
+        return tokens
+
+    def _write_uncached(self, prompt_embeds: torch.Tensor, attention: torch.Tensor, steps,
+                        options: SamplingOptions, generator: torch.Generator) -> list[torch.Tensor]:
+        """The reference loop: each step re-runs the prompts and every token written so far."""
+        tokens = []
+        for _ in steps:
+            written = torch.stack(tokens, dim=1) if tokens else None
+            visual = (self.visual_embeddings(self._both_branches(written, options)) if written is not None
+                      else prompt_embeds[:, :0])
+            sequence = build_sequence(prompt_embeds, attention, visual)
+            hidden = self.llm.hidden_states(sequence.inputs_embeds, sequence.attention)[:, -1]
+            tokens.append(self._draw(self._logits(hidden, options), options, generator))
+        return tokens
+
+    @staticmethod
+    def _both_branches(written: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
+        """Tokens (B, n, C) as the LLM batch reads them: repeated for the unconditional rows under guidance."""
+        return written.repeat(2, 1, 1) if options.guided else written
+
+    def _logits(self, hidden: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
+        """Logits of the next visual token from the last position's hidden state (B or 2B, H): (B, C, V) or
+        (B, K), guided when guidance is on."""
         logits = self.visual_head(hidden).float()
         if not options.guided:
             return logits
