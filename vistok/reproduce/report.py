@@ -7,7 +7,7 @@ import math
 import statistics
 from pathlib import Path
 
-from vistok.reproduce.tables import Table
+from vistok.reproduce.tables import PASS, Table, verdict
 
 
 def summarise(per_row: dict[str, list[dict]]) -> tuple[dict, dict]:
@@ -29,6 +29,13 @@ def _cell(mean: float, std: float, metric: str) -> str:
     return f"{mean:.2f} ± {std:.2f}"
 
 
+def _paper_cell(row, column: str) -> str:
+    """The paper's number, marked when it could not be confirmed against the paper itself."""
+    if column not in row.paper:
+        return "-"
+    return f"{row.paper[column]:g}" + (" (unconfirmed)" if row.paper_unconfirmed else "")
+
+
 def render(table: Table, scale: str, seeds: int, means: dict, stds: dict) -> tuple[str, list[dict]]:
     """Markdown: the table, then each trend with PASS/FAIL and its numbers."""
     header = ["row", "experiment", *[f"{m} (ours)" for m in table.ours], *[f"{c} (paper)" for c in table.paper_columns]]
@@ -38,18 +45,27 @@ def render(table: Table, scale: str, seeds: int, means: dict, stds: dict) -> tup
     for row in table.rows:
         ours = [_cell(means[row.experiment].get(m, float("nan")), stds[row.experiment].get(m, 0.0), m)
                 for m in table.ours]
-        paper = [f"{row.paper[c]:g}" if c in row.paper else "-" for c in table.paper_columns]
+        paper = [_paper_cell(row, c) for c in table.paper_columns]
         lines.append("| " + " | ".join([row.label, row.experiment, *ours, *paper]) + " |")
-    lines += ["", "| expected trend (mini scale) | result | numbers |", "| --- | --- | --- |"]
-    verdicts = []
-    for trend in table.trends:
-        try:
-            passed, numbers = trend.check(means)
-        except KeyError as missing:
-            passed, numbers = False, f"missing metric {missing}"
-        verdicts.append({"trend": trend.text, "passed": passed, "numbers": numbers})
-        lines.append(f"| {trend.text} | {'PASS' if passed else 'FAIL'} | {numbers} |")
+    if table.paper_note:
+        lines += ["", f"Paper numbers: {table.paper_note}"]
+    lines += ["", "A trend passes when it holds on the means and clears its threshold by more than the seed std "
+              "(pooled over the rows compared); with one seed the spread is unknown and nothing passes.", "",
+              "| expected trend (mini scale) | result | numbers |", "| --- | --- | --- |"]
+    verdicts = [judge(trend, means, stds, seeds) for trend in table.trends]
+    lines += [f"| {v['trend']} | {v['result']} | {v['numbers']} |" for v in verdicts]
     return "\n".join(lines) + "\n", verdicts
+
+
+def judge(trend, means: dict, stds: dict, seeds: int) -> dict:
+    """One trend's verdict: {"trend", "result", "passed", "numbers"}; a metric a row lacks is a FAIL naming it."""
+    try:
+        comparisons = trend.check(means, stds)
+    except KeyError as missing:
+        return {"trend": trend.text, "result": "FAIL", "passed": False, "numbers": f"missing metric {missing}"}
+    result = verdict(comparisons, seeds)
+    return {"trend": trend.text, "result": result, "passed": result == PASS,
+            "numbers": "; ".join(c.describe() for c in comparisons)}
 
 
 def write(out: Path, table: Table, markdown: str, means: dict, stds: dict, verdicts: list, per_row: dict) -> None:
