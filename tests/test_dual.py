@@ -319,8 +319,9 @@ def test_tokenflow_table_trends_can_fail_and_pass():
     def three_seeds(metrics):  # a seed spread far below every gap
         return [{k: v + jitter for k, v in metrics.items()} for jitter in (-0.001, 0.0, 0.001)]
 
-    runs = {"dual_mini_vq": three_seeds(vq), "dual_mini_vq_wide": three_seeds(vq), "dual_mini": three_seeds(dual),
-            "dual_mini_single": three_seeds(single), "dual_mini_msvq": three_seeds(msvq)}
+    runs = {"dual_mini_vq": three_seeds(vq), "dual_mini_vq_wide": three_seeds(vq),
+            "dual_mini": three_seeds(dual), "dual_mini_single": three_seeds(single),
+            "dual_mini_msvq": three_seeds(msvq)}
     rows = [r for r in table.rows if r.experiment in runs]
     table = type(table)(**{**table.__dict__, "rows": rows})
     _, verdicts = render(table, "mini", 3, *summarise(runs))

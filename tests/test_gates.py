@@ -62,7 +62,8 @@ def test_one_seed_never_passes_on_the_mean_alone():
 
 def test_markdown_prints_every_gate_with_its_result_and_the_rule():
     runs = {"dualtoken_mini": [{"probe_accuracy": 0.9, "psnr": 25.0}, {"probe_accuracy": 0.92, "psnr": 25.1}],
-            "dualtoken_mini_same": [{"probe_accuracy": 0.7, "psnr": 22.0}, {"probe_accuracy": 0.88, "psnr": 22.2}]}
+            "dualtoken_mini_same": [{"probe_accuracy": 0.7, "psnr": 22.0},
+                                    {"probe_accuracy": 0.88, "psnr": 22.2}]}
     markdown, verdicts = render(DUALTOKEN, "mini", 2, *summarise(runs))
     assert [v["result"] for v in verdicts] == ["FAIL (within the seed spread)", "PASS"]
     for v in verdicts:
@@ -86,7 +87,8 @@ def test_at_most_comparisons_count_the_margin_below_the_bound():
 def test_highest_needs_the_best_row_beyond_the_spread_of_every_other():
     table = TABLES["ett_table5"]
     trend = next(t for t in table.trends if "is the highest" in t.text)
-    means = {"ett_mini_alpha0": {"caption_token_accuracy": 0.95}, "ett_mini": {"caption_token_accuracy": 0.94}}
+    means = {"ett_mini_alpha0": {"caption_token_accuracy": 0.95},
+             "ett_mini": {"caption_token_accuracy": 0.94}}
     stds = {"ett_mini_alpha0": {"caption_token_accuracy": 0.02}, "ett_mini": {"caption_token_accuracy": 0.02}}
     assert verdict(trend.check(means, stds), 3) == "FAIL (within the seed spread)"
     stds = {row: {"caption_token_accuracy": 0.001} for row in means}

@@ -7,7 +7,7 @@ import math
 import statistics
 from pathlib import Path
 
-from vistok.reproduce.tables import PASS, Table, verdict
+from vistok.reproduce.tables import FAIL, PASS, Table, verdict
 
 
 def summarise(per_row: dict[str, list[dict]]) -> tuple[dict, dict]:
@@ -49,8 +49,9 @@ def render(table: Table, scale: str, seeds: int, means: dict, stds: dict) -> tup
         lines.append("| " + " | ".join([row.label, row.experiment, *ours, *paper]) + " |")
     if table.paper_note:
         lines += ["", f"Paper numbers: {table.paper_note}"]
-    lines += ["", "A trend passes when it holds on the means and clears its threshold by more than the seed std "
-              "(pooled over the rows compared); with one seed the spread is unknown and nothing passes.", "",
+    rule = ("A trend passes when it holds on the means and clears its threshold by more than the seed std "
+            "(pooled over the rows compared); with one seed the spread is unknown and nothing passes.")
+    lines += ["", rule, "",
               "| expected trend (mini scale) | result | numbers |", "| --- | --- | --- |"]
     verdicts = [judge(trend, means, stds, seeds) for trend in table.trends]
     lines += [f"| {v['trend']} | {v['result']} | {v['numbers']} |" for v in verdicts]
@@ -58,11 +59,14 @@ def render(table: Table, scale: str, seeds: int, means: dict, stds: dict) -> tup
 
 
 def judge(trend, means: dict, stds: dict, seeds: int) -> dict:
-    """One trend's verdict: {"trend", "result", "passed", "numbers"}; a metric a row lacks is a FAIL naming it."""
+    """One trend's verdict: {"trend", "result", "passed", "numbers"}.
+
+    A metric a row lacks is a FAIL naming it.
+    """
     try:
         comparisons = trend.check(means, stds)
     except KeyError as missing:
-        return {"trend": trend.text, "result": "FAIL", "passed": False, "numbers": f"missing metric {missing}"}
+        return {"trend": trend.text, "result": FAIL, "passed": False, "numbers": f"missing metric {missing}"}
     result = verdict(comparisons, seeds)
     return {"trend": trend.text, "result": result, "passed": result == PASS,
             "numbers": "; ".join(c.describe() for c in comparisons)}

@@ -25,7 +25,7 @@ class Row:
     shared: tuple[str, ...] = ("tokenizer", "align")
     paper: dict[str, float] = field(default_factory=dict)
     paper_experiment: str | None = None  # at paper scale: this config + `arm` instead of the table's paper_base
-    paper_unconfirmed: bool = False  # the paper numbers come from a secondary source that disagrees with the paper
+    paper_unconfirmed: bool = False  # the numbers come from a secondary source that disagrees with the paper
 
 
 @dataclass
@@ -33,8 +33,8 @@ class Comparison:
     """One inequality a gate needs: `value` (a mean, or a difference of means) against `threshold`.
 
     `spread` is the seed std the value carries: a row's std for one row's mean, the pooled std
-    sqrt((s_a^2 + s_b^2) / 2) for a difference of two rows. A gate passes only when every comparison clears its
-    threshold by more than its spread, so a gap that the seeds alone could produce does not pass.
+    sqrt((s_a^2 + s_b^2) / 2) for a difference of two rows. A gate passes only when every comparison clears
+    its threshold by more than its spread, so a gap that the seeds alone could produce does not pass.
     """
 
     what: str  # e.g. "ett_mini - ett_mini_frozen"
@@ -60,7 +60,8 @@ class Comparison:
                 f"margin {self.margin:+.2f} vs std {self.spread:.2f})")
 
 
-PASS, FAIL, WITHIN_SPREAD, SPREAD_UNKNOWN = "PASS", "FAIL", "FAIL (within the seed spread)", "n=1: spread unknown"
+PASS, FAIL = "PASS", "FAIL"
+WITHIN_SPREAD, SPREAD_UNKNOWN = "FAIL (within the seed spread)", "n=1: spread unknown"
 
 
 def verdict(comparisons: list[Comparison], seeds: int) -> str:
@@ -164,7 +165,8 @@ def _every_at_least(metric: str, arms: list[str], bound: float) -> Trend:
 
 def _every_abs_at_most(metric: str, arms: list[str], bound: float) -> Trend:
     def check(m, s):
-        return [Comparison(f"|{a} {metric}|", abs(m[a][metric]), bound, s[a][metric], at_most=True) for a in arms]
+        return [Comparison(f"|{a} {metric}|", abs(m[a][metric]), bound, s[a][metric], at_most=True)
+                for a in arms]
 
     return Trend(f"|{metric}| <= {bound:g} in every row of {', '.join(arms)}", check, tuple(arms))
 
@@ -232,7 +234,8 @@ TABLES = {
             _psnr_drop("ett_mini_alpha0", "ett_mini_frozen", 3.0),
             # The alpha ordering: understanding falls and reconstruction recovers as alpha grows (paper SEED-I
             # 61.2 / 60.0 / 59.3, rFID 45.7 / 1.648 / 1.500 at alpha 0 / 0.25 / 1).
-            _increasing("caption_token_accuracy", ["ett_mini_alpha1", "ett_mini", "ett_mini_alpha0"], 100.0, " pts"),
+            _increasing("caption_token_accuracy", ["ett_mini_alpha1", "ett_mini", "ett_mini_alpha0"], 100.0,
+                        " pts"),
             _increasing("psnr", ["ett_mini_alpha0", "ett_mini", "ett_mini_alpha1"], unit=" dB"),
         ],
         paper_note=ETT_PAPER_NOTE,
@@ -282,7 +285,8 @@ def _never_falls(arm: str, ks: list[int], tolerance: float) -> Trend:
 
     def check(m, s):
         return [Comparison(f"psnr@{b} - psnr@{a}", m[arm][f"psnr@{b}"] - m[arm][f"psnr@{a}"], -tolerance,
-                           _pooled(s[arm][f"psnr@{a}"], s[arm][f"psnr@{b}"]), " dB") for a, b in zip(ks, ks[1:])]
+                           _pooled(s[arm][f"psnr@{a}"], s[arm][f"psnr@{b}"]), " dB")
+                for a, b in zip(ks, ks[1:])]
 
     return Trend(f"{arm}: psnr@k never falls by more than {tolerance:g} dB as k doubles", check, (arm,))
 
@@ -386,8 +390,9 @@ TABLES["tokenflex_budget"] = Table(
         _gap("caption_token_accuracy@4", "tokenflex_mini", "tokenflex_mini_fixed64", 3.0),
     ],
     paper_note="TokenFLEX's 58.7 / 60.0 / 60.7 (fixed-N models 57.5 / 58.6 / 60.6) come from a secondary "
-               "compilation (METHODS.md 8.2), not the paper: their gains over the fixed models (+1.2 / +1.4 / +0.1) "
-               "disagree with the abstract's +1.6 / +1.0 / +0.4, so they are marked unconfirmed.",
+               "compilation (METHODS.md 8.2), not the paper: their gains over the fixed models "
+               "(+1.2 / +1.4 / +0.1) disagree with the abstract's +1.6 / +1.0 / +0.4, so they are marked "
+               "unconfirmed.",
     base_experiment="tokenflex_mini",
     paper_base="ett_paper",
     stages=("tokenizer", "align"),
