@@ -456,6 +456,24 @@ def test_a_stage_stopped_before_its_done_marker_is_finished_without_another_step
     assert (stage_dir(rerun) / "done").exists()
 
 
+@pytest.mark.slow
+def test_metrics_json_records_the_steps_trained_and_a_rerun_that_trains_nothing_leaves_it(tmp_path, cache_dir):
+    """`trainer.max_steps` (a Lightning habit) caps every stage's fit: the record says what was trained."""
+    run_dir = tmp_path / "run"
+    args = ["experiment=vq_mini", *TINY, "max_steps_per_stage=6", "trainer.max_steps=3"]
+    result = run_train(args, run_dir, cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = (run_dir / "metrics.json").read_text()
+    report = json.loads(first)
+    assert report["stages"]["tokenizer"]["steps"] == 3 and report["steps"] == 3
+    assert report["wall_seconds"] == report["stages"]["tokenizer"]["wall_seconds"] > 0
+    assert load(stage_dir(run_dir) / "last.ckpt")["vistok"]["stage_step"] == 3
+    rerun = run_train(args, run_dir, cache_dir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "already finished: skipped" in rerun.stdout + rerun.stderr
+    assert (run_dir / "metrics.json").read_text() == first
+
+
 # ---- 5. one process per run directory ------------------------------------------------------------------
 
 

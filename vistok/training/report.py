@@ -9,10 +9,15 @@ from vistok.eval.images import captioned_images, image_grid
 from vistok.training import prefix_eval
 
 
+STAGE_RECORD = ("steps", "wall_seconds")  # what a stage's entry holds besides its metrics
+
+
 class RunReport:
     """metrics.json = {"experiment", "steps", "wall_seconds", "final": {...}, "stages": {name: {...}}}.
 
-    Written after every stage (so an interrupted run still shows what it finished) and re-read on resume.
+    Each stage's entry records the steps it actually trained and the wall time of its training and
+    validation; the run's `steps` and `wall_seconds` are their sums over the experiment's stages. Written
+    after every stage (so an interrupted run still shows what it finished) and re-read on resume.
     """
 
     def __init__(self, path: Path, experiment: str):
@@ -21,28 +26,31 @@ class RunReport:
         if self.path.exists():
             previous = json.loads(self.path.read_text())
             if previous.get("experiment") == experiment:
-                self.data["stages"] = previous.get("stages", {})
+                self.data.update({k: previous[k] for k in ("steps", "wall_seconds", "final", "stages")
+                                  if k in previous})
 
     @property
     def final(self) -> dict:
         return self.data["final"]
 
-    def add_stage(self, name: str, metrics: dict, steps: int) -> None:
-        self.data["stages"][name] = {"steps": steps, **metrics}
+    def add_stage(self, name: str, metrics: dict, steps: int, wall_seconds: float) -> None:
+        self.data["stages"][name] = {"steps": int(steps), "wall_seconds": round(wall_seconds, 1), **metrics}
         self.data["final"] = dict(metrics)
         self._write()
 
-    def finish(self, steps: int, wall_seconds: float, data_skipped: int, nan_skipped: int = 0,
+    def finish(self, stage_names: list[str], data_skipped: int, nan_skipped: int = 0,
                captions_truncated: int | None = None) -> None:
-        if self.data["stages"]:
-            last = list(self.data["stages"].values())[-1]
-            self.data["final"] = {k: v for k, v in last.items() if k != "steps"}
+        """Sum the experiment's stages into the run's totals; `final` = the last stage's metrics + counters."""
+        recorded = [self.data["stages"][name] for name in stage_names if name in self.data["stages"]]
+        self.data["steps"] = sum(int(entry.get("steps", 0)) for entry in recorded)
+        self.data["wall_seconds"] = round(sum(float(entry.get("wall_seconds", 0.0)) for entry in recorded), 1)
+        if recorded:
+            self.data["final"] = {k: v for k, v in recorded[-1].items() if k not in STAGE_RECORD}
         self.data["final"]["data_skipped"] = data_skipped
         if nan_skipped:
             self.data["final"]["nan_skipped"] = nan_skipped
         if captions_truncated is not None:  # runs with an LLM
             self.data["final"]["captions_truncated"] = captions_truncated
-        self.data.update(steps=steps, wall_seconds=round(wall_seconds, 1))
         self._write()
 
     def add_final(self, metrics: dict) -> None:

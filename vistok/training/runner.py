@@ -176,7 +176,6 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _run(cfg: DictConfig) -> dict:
-    start = time.time()
     quiet_libraries()
     install_preemption_handler()  # before any Trainer exists, so Lightning leaves the SLURM signal to vistok
     out_dir = Path(cfg.paths.output_dir)
@@ -195,7 +194,7 @@ def _run(cfg: DictConfig) -> dict:
                if c is not None]
     log_run_config(loggers, cfg)
     report = RunReport(out_dir / "metrics.json", cfg.name)
-    offset, is_zero = 0, True
+    offset, is_zero, trained = 0, True, False
     for stage in stages:
         module.set_stage(stage, offset)
         done = out_dir / "checkpoints" / stage.name / "done"
@@ -203,23 +202,26 @@ def _run(cfg: DictConfig) -> dict:
             load_finished_stage(module, done.parent, model_config(cfg))
             print(f"stage '{stage.name}' already finished: skipped")
         else:
+            stage_start = time.time()
             trainer = _fit_stage(cfg, module, datamodule, stage, loggers, out_dir)
-            is_zero = trainer.is_global_zero
+            is_zero, trained = trainer.is_global_zero, True
             if is_zero:
-                report.add_stage(stage.name, module.val_metrics, stage.steps)
+                # The steps the stage took (a `trainer.max_steps` cap can end it early), not the configured ones.
+                report.add_stage(stage.name, module.val_metrics, module.stage_step, time.time() - stage_start)
                 save_stage_pictures(module, stage.name, out_dir, loggers)
         offset += stage.steps
     if is_zero:
-        report.finish(steps=offset, wall_seconds=time.time() - start, data_skipped=module.skipped_samples,
-                      nan_skipped=module.nan_skips,
-                      captions_truncated=module.captions_truncated if module.llm is not None else None)
+        if trained:  # a re-run that trains nothing leaves metrics.json as the training left it
+            report.finish([s.name for s in stages], data_skipped=module.skipped_samples, nan_skipped=module.nan_skips,
+                          captions_truncated=module.captions_truncated if module.llm is not None else None)
         final = None
-        if geneval_enabled(cfg, module):
+        if geneval_enabled(cfg, module) and "geneval_accuracy" not in report.final:
             final = unsharded(cfg, module, datamodule, out_dir / "checkpoints" / stages[-1].name)
             report.add_final(geneval(cfg, final, datamodule, out_dir))
         if cfg.export.enabled:
             final = final or unsharded(cfg, module, datamodule, out_dir / "checkpoints" / stages[-1].name)
-            save_exports(cfg, final, out_dir, {"experiment": cfg.name, "step": offset, "metrics": report.final})
+            save_exports(cfg, final, out_dir, {"experiment": cfg.name, "step": report.data["steps"],
+                                               "metrics": report.final})
     for logger in loggers:
         logger.finalize("success")
     return report.final
