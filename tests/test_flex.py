@@ -118,11 +118,25 @@ def test_keep_count_distribution(sampling, full_prob):
     pows = torch.tensor(powers_of_two(n)) - 1
     uniform, pow2 = torch.full((n,), 1 / n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
     pow2[pows] = 1 / len(pows)
-    expected = {"uniform": uniform, "pow2": pow2, "uniform_pow2": (uniform + pow2) / 2}[sampling]
+    # uniform_pow2 (ml-flextok): k ~ U{1..n} rounded up to a power of two, so P(2^j) = 2^(j-1) / n for j >= 1
+    rounded_up = torch.zeros(n, dtype=torch.float64)
+    rounded_up[0] = 1 / n
+    for j in range(1, len(pows)):
+        rounded_up[2**j - 1] = 2 ** (j - 1) / n
+    expected = {"uniform": uniform, "pow2": pow2, "uniform_pow2": rounded_up}[sampling]
     expected = (1 - full_prob) * expected  # full_prob of the samples keep all n on top of the mode's own draws
     expected[-1] += full_prob
     assert (counts - expected).abs().max() < 0.015
     assert int(keep.min()) >= 1 and int(keep.max()) <= n
+
+
+def test_uniform_pow2_keeps_every_token_in_about_half_the_samples():
+    keep = sample_keep(20000, 32, "uniform_pow2", generator=torch.Generator().manual_seed(0))
+    assert set(keep.unique().tolist()) <= set(powers_of_two(32))
+    assert abs(float((keep == 32).double().mean()) - 0.5) < 0.015  # k in 17..32 rounds up to 32
+    assert abs(float((keep == 16).double().mean()) - 0.25) < 0.015
+    capped = sample_keep(20000, 24, "uniform_pow2", generator=torch.Generator().manual_seed(0))
+    assert int(capped.max()) == 24 and abs(float((capped == 24).double().mean()) - 8 / 24) < 0.015  # 17..24
 
 
 def test_token_budget_sampler_distribution_and_determinism():

@@ -31,18 +31,25 @@ def powers_of_two(n: int) -> list[int]:
     return ks + [n]
 
 
+def round_up_to_power_of_two(k: torch.Tensor) -> torch.Tensor:
+    """The smallest power of two >= k, elementwise, for integer k >= 1."""
+    return 2 ** torch.ceil(torch.log2(k.double())).long()
+
+
 def sample_keep(batch: int, n: int, sampling: str, generator: torch.Generator | None = None,
                 device: torch.device | None = None, full_prob: float = 0.0) -> torch.Tensor:
     """Tokens kept per sample, (B,) int64 in [1, n].
 
-    "uniform": k ~ U{1..n}; "pow2": k uniform over {1, 2, 4, ..., n}; "uniform_pow2": each sample flips a
-    fair coin between the two (the FlexTok code's modes; pow2 keeps tail tokens from being starved).
+    "uniform": k ~ U{1..n}; "pow2": k uniform over {1, 2, 4, ..., n}; "uniform_pow2": k ~ U{1..n} rounded up
+    to the next power of two (capped at n), as ml-flextok's `MaskedNestedDropout` does: about half the
+    samples keep all tokens, and the mass halves with each smaller power of two.
     full_prob: the share of samples that keep all n tokens instead of drawing k (0 = the modes alone).
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got '{sampling}'")
     if not 0.0 <= full_prob <= 1.0:
         raise ValueError(f"full_prob must be in [0, 1], got {full_prob}")
+    # Both draws are made in every mode, so that a mode's random stream (and its runs) stay as they were.
     uniform = torch.randint(1, n + 1, (batch,), generator=generator)
     pows = torch.tensor(powers_of_two(n))
     pow2 = pows[torch.randint(len(pows), (batch,), generator=generator)]
@@ -51,7 +58,7 @@ def sample_keep(batch: int, n: int, sampling: str, generator: torch.Generator | 
     elif sampling == "pow2":
         keep = pow2
     else:
-        keep = torch.where(torch.rand(batch, generator=generator) < 0.5, uniform, pow2)
+        keep = round_up_to_power_of_two(uniform).clamp_max(n)
     if full_prob > 0:
         keep = torch.where(torch.rand(batch, generator=generator) < full_prob, n, keep)
     return keep.to(device)
