@@ -218,6 +218,17 @@ def test_configs_compose(compose_cfg):
     assert paper.tokenizer.encoder.width == 768 and paper.tokenizer.decoder.width == 1024
 
 
+def test_instella_paper_decoder_uses_the_3_axis_rope_of_the_released_code(compose_cfg):
+    from hydra.utils import instantiate
+
+    # The paper decoder at 2 blocks and 64 px: the positions are what is checked, not the size.
+    paper = compose_cfg(["experiment=instella_paper", "data.resolution=64", "tokenizer.decoder.depth=2",
+                         "tokenizer.decoder.split_after=1"])
+    decoder = instantiate(paper.tokenizer.decoder)
+    assert list(decoder.positions.rope_axes) == [8, 28, 28] == list(paper.tokenizer.encoder.rope_axes)
+    assert decoder.token_pos is None and decoder.patch_pos is None  # rotary only: no learned positions
+
+
 @pytest.mark.slow
 def test_binary1d_mini_tiny_run(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
