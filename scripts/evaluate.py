@@ -82,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pattern = args.data.removeprefix("data=")
-    tokenizer = load_tokenizer(args.tokenizer)
+    try:  # an export from elsewhere is checked before anything is built (vistok.untrusted)
+        tokenizer = load_tokenizer(args.tokenizer)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"evaluate failed: {error}", file=sys.stderr)
+        return 2
     resolution = args.resolution or tokenizer.resolution
     loader = make_val_loader(expand_urls(pattern), args.batch_size, resolution, 0, 1, 0)
     perceptual = None

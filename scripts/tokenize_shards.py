@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     from vistok.data.wds import expand_urls, make_val_loader
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    tokenizer = load_tokenizer(args.tokenizer)
+    try:  # an export from elsewhere is checked before anything is built (vistok.untrusted)
+        tokenizer = load_tokenizer(args.tokenizer)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"tokenize failed: {error}", file=sys.stderr)
+        return 2
     resolution = args.resolution or tokenizer.resolution
     loader = make_val_loader(expand_urls(args.input), args.batch_size, resolution, 0, 1, 0)
     sink, skipped, start = ShardSink(args.output, args.samples_per_shard), 0, time.time()

@@ -10,10 +10,11 @@
 
 from __future__ import annotations
 
-import importlib
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,37 +22,26 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from vistok import untrusted
+
 FORMAT_VERSION = 1
-
-
-ALLOWED_PREFIX = "vistok."
 HUB_CONFIG_KEY = "tokenizer"  # config.json = {"tokenizer": <tree>}: the init kwargs of vistok.hub.HubTokenizer
+EXPORT_FILES = frozenset({"model.safetensors", "config.yaml", "config.json", "meta.json", "README.md"})
+EXPORT_EXTRAS = frozenset({"eval"})  # scripts.evaluate writes <export>/eval by default
+
+
+class ExportDestinationError(ValueError):
+    """An export would have to replace or delete something that is not an export it may replace."""
 
 
 def check_targets(node: Any, where: str = "tokenizer") -> None:
-    """Only `vistok.` classes may be built from an export's config (exports may come from strangers)."""
-    if isinstance(node, dict):
-        target = node.get("_target_")
-        if target is not None and not str(target).startswith(ALLOWED_PREFIX):
-            raise ValueError(f"refusing to instantiate '{target}' at {where}: exports may only build vistok classes")
-        for key, value in node.items():
-            check_targets(value, f"{where}.{key}")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            check_targets(value, f"{where}[{i}]")
+    """Only allow-listed vistok classes may be built from an export's config (exports may come from strangers)."""
+    untrusted.check_config(node, where)
 
 
-def build_from_config(node: Any) -> Any:
-    """Instantiate a plain `_target_` tree (checked first). No Hydra: exports load with torch alone."""
-    if isinstance(node, list):
-        return [build_from_config(v) for v in node]
-    if not isinstance(node, dict):
-        return node
-    kwargs = {k: build_from_config(v) for k, v in node.items() if k != "_target_"}
-    if "_target_" not in node:
-        return kwargs
-    module_name, _, attr = node["_target_"].rpartition(".")
-    return getattr(importlib.import_module(module_name), attr)(**kwargs)
+def build_from_config(node: Any, **kwargs: Any) -> Any:
+    """Instantiate a checked `_target_` tree (see `vistok.untrusted`). No Hydra: exports load with torch alone."""
+    return untrusted.build(node, **kwargs)
 
 
 def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -60,24 +50,109 @@ def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_tokenizer(tokenizer: torch.nn.Module, config: DictConfig | dict, out_dir: str | Path,
-                   meta: dict | None = None) -> Path:
-    """Write an export directory atomically (a crash never leaves half an export)."""
-    out_dir = Path(out_dir)
+                   meta: dict | None = None, *, overwrite: bool = False) -> Path:
+    """Write an export directory atomically (a crash never leaves half an export).
+
+    `out_dir` must not exist, or be an empty directory, or (with `overwrite=True`) be a vistok export, which
+    is then replaced as a whole. Anything else (a directory of other files, a file, a symlink, the current
+    directory or one above it, home, the root) is refused before anything is written.
+    """
     plain = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
     check_targets(plain)
     state = cpu_state(tokenizer)
+    info = {"format_version": FORMAT_VERSION, "versions": _versions(), "git_commit": _git_commit(), **(meta or {})}
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp / "model.safetensors"))
+        OmegaConf.save(OmegaConf.create(plain), tmp / "config.yaml")
+        (tmp / "config.json").write_text(json.dumps({HUB_CONFIG_KEY: plain}, indent=2))
+        (tmp / "meta.json").write_text(json.dumps(info, indent=2, default=float))
+        (tmp / "README.md").write_text(_model_card(plain, info, state))
+
+    return write_directory(out_dir, write, is_vistok_export, overwrite)
+
+
+# ---- the export directory: created new, or an export replaced whole ------------------------------------
+
+
+def is_vistok_export(path: Path) -> bool:
+    """A directory vistok wrote with `save_tokenizer` (and perhaps evaluated into), and nothing else."""
+    names = {p.name for p in path.iterdir()}
+    if not {"meta.json", "model.safetensors"} <= names or not names <= EXPORT_FILES | EXPORT_EXTRAS:
+        return False
+    try:
+        return "format_version" in json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def write_directory(out_dir: str | Path, write: Callable[[Path], None], is_ours: Callable[[Path], bool],
+                    overwrite: bool) -> Path:
+    """`write(tmp)` fills a fresh hidden directory beside `out_dir`, which then becomes `out_dir`.
+
+    The temporary directory is removed on every failure. An existing `out_dir` that `is_ours` says is an
+    earlier export is replaced only with `overwrite`: moved aside, the new one renamed in, then the old one
+    deleted, so a crash at any point leaves at least one whole export on disk.
+    """
+    out_dir = Path(out_dir)
+    replacing = check_destination(out_dir, is_ours, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
-    save_file(state, str(tmp / "model.safetensors"))
-    OmegaConf.save(OmegaConf.create(plain), tmp / "config.yaml")
-    (tmp / "config.json").write_text(json.dumps({HUB_CONFIG_KEY: plain}, indent=2))
-    info = {"format_version": FORMAT_VERSION, "versions": _versions(), "git_commit": _git_commit(), **(meta or {})}
-    (tmp / "meta.json").write_text(json.dumps(info, indent=2, default=float))
-    (tmp / "README.md").write_text(_model_card(plain, info, state))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    try:
+        write(tmp)
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; outputs are shared like any directory
+        _publish(tmp, out_dir, replacing)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out_dir
+
+
+def check_destination(out_dir: Path, is_ours: Callable[[Path], bool], overwrite: bool) -> bool:
+    """Raise `ExportDestinationError` unless `out_dir` may become an export; True if one is replaced."""
+    if out_dir.is_symlink():
+        raise ExportDestinationError(f"{out_dir} is a symlink: export to a new directory instead")
+    resolved = out_dir.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ExportDestinationError(f"{out_dir} is the current directory or one above it: export to a new "
+                                     "directory instead")
+    if resolved == Path.home().resolve() or resolved == Path(resolved.anchor):
+        raise ExportDestinationError(f"{out_dir} is the home or root directory: export to a new directory instead")
+    if not out_dir.exists():
+        return False
+    if not out_dir.is_dir():
+        raise ExportDestinationError(f"{out_dir} exists and is not a directory: nothing was written")
+    if not any(out_dir.iterdir()):
+        return False
+    if not is_ours(out_dir):
+        raise ExportDestinationError(f"{out_dir} exists and is not a vistok export: it was not touched (export to "
+                                     "a new directory)")
+    if not overwrite:
+        raise ExportDestinationError(f"{out_dir} is an existing export: pass --overwrite (overwrite=True) to "
+                                     "replace it")
+    return True
+
+
+def _publish(tmp: Path, out_dir: Path, replacing: bool) -> None:
+    if not replacing:
+        os.rename(tmp, out_dir)  # also takes the place of an empty directory; refuses a non-empty one
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.replaced-", dir=out_dir.parent))
+    os.rename(out_dir, old / out_dir.name)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old / out_dir.name, out_dir)  # put the old export back
+        old.rmdir()
+        raise
+    shutil.rmtree(old)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _versions() -> dict[str, str]:
@@ -119,7 +194,9 @@ def _model_card(config: dict, info: dict, state: dict) -> str:
 
 
 def read_export_config(path: Path) -> dict:
-    """The checked tokenizer tree of an export: config.json and/or config.yaml, which must agree."""
+    """The checked tokenizer tree of an export: config.json and/or config.yaml, which must agree.
+
+    Neither is resolved: an export's config is plain values (see `vistok.untrusted`)."""
     found = {}
     if (path / "config.json").is_file():
         data = json.loads((path / "config.json").read_text())
@@ -127,11 +204,11 @@ def read_export_config(path: Path) -> dict:
             raise ValueError(f"{path / 'config.json'} has no '{HUB_CONFIG_KEY}' entry: not a vistok export")
         found["config.json"] = data[HUB_CONFIG_KEY]
     if (path / "config.yaml").is_file():
-        found["config.yaml"] = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=True)
+        found["config.yaml"] = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=False)
     if not found:
         raise FileNotFoundError(f"{path} is not a vistok export: config.json / config.yaml is missing")
-    for config in found.values():
-        check_targets(config)
+    for name, config in found.items():
+        check_targets(config, f"{path / name}")
     if len(found) == 2 and found["config.json"] != found["config.yaml"]:
         raise ValueError(f"{path}: config.json and config.yaml describe different tokenizers (edited by hand?)")
     return next(iter(found.values()))
@@ -148,12 +225,14 @@ def read_weights(path: Path, map_location: str = "cpu") -> dict[str, torch.Tenso
 
 
 def load_tokenizer(path: str | Path, map_location: str = "cpu"):
-    """Rebuild a tokenizer from an export directory; returns it in eval mode."""
+    """Rebuild a tokenizer from an export directory; returns it in eval mode.
+
+    The config is checked and its sizes compared with the weights file's header before anything is built."""
     path = Path(path)
     config = read_export_config(path)
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{path} is not a vistok export: model.safetensors is missing")
-    tokenizer = build_from_config(config)
+    tokenizer = untrusted.build(config, str(path), expected=untrusted.weight_shapes(weights))
     tokenizer.load_state_dict(read_weights(weights, map_location), strict=True)
     return tokenizer.eval()

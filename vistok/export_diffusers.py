@@ -63,7 +63,24 @@ def to_vqmodel(tokenizer: VQTokenizer):
     return model.eval()
 
 
-def save_vqmodel(tokenizer: VQTokenizer, out_dir: str | Path) -> Path:
+def is_vqmodel_export(path: Path) -> bool:
+    """A directory `save_vqmodel` wrote (a diffusers VQModel's config and weights), and nothing else."""
+    import json
+
+    names = {p.name for p in path.iterdir()}
+    if names != {"config.json", "diffusion_pytorch_model.safetensors"}:
+        return False
+    try:
+        return json.loads((path / "config.json").read_text()).get("_class_name") == "VQModel"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def save_vqmodel(tokenizer: VQTokenizer, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the VQModel directory under the same rules as `vistok.save_tokenizer`: a new directory, or an
+    earlier VQModel export replaced whole with `overwrite`; the temporary directory never outlives a failure."""
+    from vistok.export import check_destination, write_directory
+
+    check_destination(Path(out_dir), is_vqmodel_export, overwrite)  # before the conversion's work
     model = to_vqmodel(tokenizer)
-    model.save_pretrained(str(out_dir))
-    return Path(out_dir)
+    return write_directory(out_dir, lambda tmp: model.save_pretrained(str(tmp)), is_vqmodel_export, overwrite)

@@ -7,33 +7,60 @@ a README model card), so `HubTokenizer.from_pretrained` loads a local export or 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi, PyTorchModelHubMixin
+from huggingface_hub import HfApi, PyTorchModelHubMixin, constants, hf_hub_download
 from safetensors.torch import save_file
 from torch import nn
 
-from vistok.export import check_targets, build_from_config, cpu_state, read_weights
+from vistok import untrusted
+from vistok.export import cpu_state, read_weights
 
 
 class HubTokenizer(nn.Module, PyTorchModelHubMixin, library_name="vistok", tags=["vistok", "image-tokenizer"]):
     """A vistok tokenizer as a Hub model; the tokenizer itself is `.tokenizer`.
 
-    `config.json` holds {"tokenizer": <the `_target_` tree>}; only `vistok.` classes are built from it.
-    Weights are the tokenizer's own state dict (no prefix), exactly as `vistok.save_tokenizer` writes them.
+    `config.json` holds {"tokenizer": <the `_target_` tree>}; it is built through `vistok.untrusted` (exact
+    allow-listed classes, no interpolation, sizes checked against `model.safetensors` first). Weights are the
+    tokenizer's own state dict (no prefix), exactly as `vistok.save_tokenizer` writes them; a repo's pickled
+    `pytorch_model.bin` is never read.
     """
 
     def __init__(self, tokenizer: dict):
         super().__init__()
-        check_targets(tokenizer)
-        self.tokenizer = build_from_config(tokenizer)
+        self.tokenizer = untrusted.build(tokenizer, "HubTokenizer config")
 
     def forward(self, images: torch.Tensor):
         return self.tokenizer(images)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         save_file(cpu_state(self.tokenizer), str(Path(save_directory) / "model.safetensors"))
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | Path | None,
+                         force_download: bool, local_files_only: bool, token: str | bool | None,
+                         map_location: str = "cpu", strict: bool = False, **model_kwargs) -> HubTokenizer:
+        """Find the weights first, so the config's sizes are checked against them before anything is built."""
+        if os.path.isdir(model_id):
+            model_file = os.path.join(model_id, constants.SAFETENSORS_SINGLE_FILE)
+        else:
+            model_file = hf_hub_download(repo_id=model_id, filename=constants.SAFETENSORS_SINGLE_FILE,
+                                         revision=revision, cache_dir=cache_dir, force_download=force_download,
+                                         token=token, local_files_only=local_files_only)
+        if not os.path.isfile(model_file):
+            raise FileNotFoundError(f"{model_id} is not a vistok export: {constants.SAFETENSORS_SINGLE_FILE} is "
+                                    "missing")
+        config = model_kwargs.get("tokenizer")
+        if not isinstance(config, dict):
+            raise ValueError(f"{model_id}: config.json has no 'tokenizer' tree: not a vistok export")
+        untrusted.check_sizes(config, untrusted.weight_shapes(model_file), f"{model_id} config.json")
+        return cls._load_as_safetensor(cls(**model_kwargs), model_file, map_location, strict)
+
+    @classmethod
+    def _load_as_pickle(cls, model: HubTokenizer, model_file: str, map_location: str, strict: bool):
+        raise ValueError(f"refusing {model_file}: vistok exports are safetensors, pickled weights are never read")
 
     @classmethod
     def _load_as_safetensor(cls, model: HubTokenizer, model_file: str, map_location: str, strict: bool):

@@ -1,7 +1,8 @@
 """Frozen semantic teachers for the dual family's distillation loss: `teacher(images) -> (B, Dt, h, w)`.
 
 - `load_teacher(path)`: a local directory holding a saved vistok module (`config.yaml` + `model.safetensors`,
-  e.g. a mini-CLIP built earlier) or any Hugging Face vision model (`config.json`); never downloaded.
+  e.g. a mini-CLIP built earlier; built through `vistok.untrusted` like any export) or any Hugging Face
+  vision model (`config.json` + safetensors weights); never downloaded, never unpickled.
 - `vistok.teachers.mini_clip.build_mini_clip`: the embedded default, a tiny CLIP trained in-run on the
   dataset's image-caption pairs, saved, then frozen.
 """

@@ -20,7 +20,8 @@ class HFVisionTeacher(nn.Module):
     TokenFlow and DualToken distil from the penultimate layer (`layer=-2`).
 
     Args:
-        path: local model directory (loaded with `local_files_only=True`).
+        path: local model directory (loaded with `local_files_only=True` from safetensors weights only: a
+            directory from elsewhere never unpickles anything or runs its own code).
         layer: index into `hidden_states`.
     """
 
@@ -28,7 +29,7 @@ class HFVisionTeacher(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        model = AutoModel.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True, trust_remote_code=False)
         self.model = getattr(model, "vision_model", model)  # CLIP / SigLIP: the image tower
         config = getattr(model.config, "vision_config", model.config)
         self.image_size = int(getattr(config, "image_size", 224))

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from vistok.export import build_from_config, cpu_state, save_tokenizer
+from vistok import untrusted
+from vistok.export import cpu_state, save_tokenizer
 from vistok.training.sharding import is_distributed_checkpoint, load_checkpoint
 
 
@@ -30,10 +31,24 @@ def locate(path: str | Path) -> tuple[Path, Path]:
     raise FileNotFoundError(f"no checkpoints/<stage>/last.ckpt in {path} (stages: {stages})")
 
 
+def read_run_config(run_dir: Path, key: str) -> dict:
+    """One subtree of a run directory's `.hydra/config.yaml`, checked as a config from outside the process.
+
+    A run directory may come from anyone: its plain references (`${tokenizer.embed_dim}`) are followed, but
+    no resolver runs (`vistok.untrusted`)."""
+    path = run_dir / ".hydra" / "config.yaml"
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    try:
+        subtree = untrusted.resolve_references(raw, key)
+        untrusted.check_config(subtree, f"{path}: {key}")
+    except untrusted.UntrustedConfigError as error:
+        raise untrusted.UntrustedConfigError(f"{path}: {error}") from error
+    return subtree
+
+
 def tokenizer_config(run_dir: Path) -> dict:
-    """The resolved `tokenizer` subtree of the run's config."""
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    return OmegaConf.to_container(cfg.tokenizer, resolve=True)
+    """The `tokenizer` subtree of the run's config, references followed and checked."""
+    return read_run_config(run_dir, "tokenizer")
 
 
 def tokenizer_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -49,17 +64,20 @@ def tokenizer_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return weights, {"global_step": checkpoint.get("global_step"), **checkpoint.get("vistok", {})}
 
 
-def export_run(path: str | Path, out_dir: str | Path, fmt: str = "vistok") -> Path:
-    """Write an export directory (`vistok` or `diffusers` VQModel format) from a run directory or checkpoint."""
+def export_run(path: str | Path, out_dir: str | Path, fmt: str = "vistok", overwrite: bool = False) -> Path:
+    """Write an export directory (`vistok` or `diffusers` VQModel format) from a run directory or checkpoint.
+
+    `out_dir` must be new (or empty); an earlier export there is replaced only with `overwrite`."""
     from tqdm import tqdm
 
+    _check_out_dir(Path(out_dir), fmt, overwrite)  # refused before the checkpoint is read
     with tqdm(total=3, desc="export", unit="step") as progress:  # loading dominates for large checkpoints
         ckpt, run_dir = locate(path)
         config = tokenizer_config(run_dir)
         progress.set_postfix_str(f"reading {ckpt.name}")
         weights, info = tokenizer_state(ckpt)
         progress.update()
-        tokenizer = build_from_config(config)
+        tokenizer = untrusted.build(config, f"{run_dir} tokenizer", expected=untrusted.weight_shapes(weights))
         tokenizer.load_state_dict(weights, strict=True)
         tokenizer.eval()
         progress.update()
@@ -67,11 +85,22 @@ def export_run(path: str | Path, out_dir: str | Path, fmt: str = "vistok") -> Pa
         if fmt == "diffusers":
             from vistok.export_diffusers import save_vqmodel
 
-            out = save_vqmodel(tokenizer, out_dir)
+            out = save_vqmodel(tokenizer, out_dir, overwrite=overwrite)
         else:
-            out = save_tokenizer(tokenizer, config, out_dir, _export_meta(ckpt, run_dir, info))
+            out = save_tokenizer(tokenizer, config, out_dir, _export_meta(ckpt, run_dir, info), overwrite=overwrite)
         progress.update()
     return out
+
+
+def _check_out_dir(out_dir: Path, fmt: str, overwrite: bool) -> None:
+    from vistok.export import check_destination, is_vistok_export
+
+    if fmt == "diffusers":
+        from vistok.export_diffusers import is_vqmodel_export
+
+        check_destination(out_dir, is_vqmodel_export, overwrite)
+    else:
+        check_destination(out_dir, is_vistok_export, overwrite)
 
 
 def _export_meta(ckpt: Path, run_dir: Path, info: dict) -> dict:
@@ -88,7 +117,7 @@ def save_llm(module, projector_config: dict | None, out_dir: str | Path) -> Path
     """The jointly tuned LLM as a Hugging Face directory (`from_pretrained`) plus the projector beside it.
 
     <out_dir>/                 config.json, model.safetensors, tokenizer files (transformers)
-    <out_dir>/projector/       model.safetensors + config.yaml (rebuild with vistok.export.build_from_config)
+    <out_dir>/projector/       model.safetensors + config.yaml (rebuild with vistok.untrusted.build)
     <out_dir>/vistok.json      how visual tokens enter: llm_input, visual_offset (index arm), num_tokens
     """
     import json
