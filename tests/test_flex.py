@@ -295,3 +295,15 @@ def test_budget_misconfigurations_fail_at_construction():
         check_budgets([4], grid, MLPProjector(D, 8), "embeddings")
     with pytest.raises(ValueError, match="llm_input"):
         check_budgets([4], grid, SwiGLUProjector(D, 8), "indices")
+
+
+def test_onedpiece_paper_uses_the_papers_quantizer(compose_cfg):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg(["experiment=onedpiece_paper"])
+    quantizer = instantiate(cfg.tokenizer.quantizer)
+    assert quantizer.codebook_size == 4096 and quantizer.dim == 12 == cfg.tokenizer.embed_dim
+    vq = quantizer.vq
+    assert vq.use_cosine_sim and not vq.rotation_trick  # l2-normalised, plain straight-through
+    assert bool(vq._codebook.initted) and vq._codebook.threshold_ema_dead_code == 0  # no k-means, no restart
+    assert cfg.loss.quantizer_weights.commit == 0.25
