@@ -10,8 +10,10 @@ what to read: absolute times on a shared machine are noise.
     fsdp_memory        FSDP2 vs DDP steady-state RSS per rank, 51M-parameter joint model, 2 ranks  <= 0.6
     import_time        `from vistok import load_tokenizer` vs `import torch`
     main_job           `python train.py` wall time                                               <= 10 min
+    generation         text-to-image tokens/s with the KV cache vs the full re-run (1,024 tokens)  >= 10x
+                       and vs Hugging Face `generate` on the same LLM (seconds per token)         <= 1.2
 
-`--quick` leaves out the two long ones (fsdp_memory, main_job: tens of minutes on 2 cores).
+`--quick` leaves out the long ones (fsdp_memory, main_job: tens of minutes on 2 cores; generation: minutes).
 `--device cuda` runs step_overhead and main_job (`trainer=gpu`) on the GPU; the others measure CPU costs.
 """
 
@@ -22,19 +24,21 @@ import json
 import sys
 from pathlib import Path
 
-LONG = ("fsdp_memory", "main_job")
+LONG = ("fsdp_memory", "main_job", "generation")
 ON_DEVICE = ("step_overhead", "main_job")  # the benchmarks that take `device=`
 
 
 def _benchmarks() -> dict:
     from scripts.benchmarks.data import data_pipeline
+    from scripts.benchmarks.generation import generation
     from scripts.benchmarks.memory import fsdp_memory
     from scripts.benchmarks.quantizer import quantizer_adapter
     from scripts.benchmarks.startup import import_time, main_job
     from scripts.benchmarks.step import step_overhead
 
     return {"step_overhead": step_overhead, "data_pipeline": data_pipeline, "quantizer_adapter": quantizer_adapter,
-            "fsdp_memory": fsdp_memory, "import_time": import_time, "main_job": main_job}
+            "fsdp_memory": fsdp_memory, "import_time": import_time, "main_job": main_job,
+            "generation": generation}
 
 
 def run(names: list[str], device: str = "cpu") -> dict:

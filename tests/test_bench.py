@@ -42,3 +42,20 @@ def test_interleaved_timing_swaps_the_order_each_round_and_takes_medians():
     paired = interleaved(lambda: order.append("a"), lambda: order.append("b"), calls=2, rounds=3, warmup=0)
     assert order == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
     assert paired.a_s > 0 and paired.b_s > 0 and paired.ratio > 0
+
+
+def test_generation_measures_the_cached_loop_the_rerun_and_generate():
+    from scripts.benchmarks.generation import generation
+
+    tiny = {"tokens": 4, "llm": {"hidden_size": 32, "num_layers": 1, "num_heads": 2}, "rounds": 1}
+    results = generation({"with_rerun": {**tiny, "rerun_rounds": 1}, "without": {**tiny, "rerun_rounds": 0}})
+    measured = results["with_rerun"]
+    assert measured["tokens"] == 4 and measured["hidden_size"] == 32 and measured["num_layers"] == 1
+    for key in ("cached_tokens_per_s", "uncached_tokens_per_s", "generate_tokens_per_s", "cache_speedup",
+                "generate_ratio"):
+        assert measured[key] > 0, key
+    assert "cache_speedup" not in results["without"] and results["without"]["generate_ratio"] > 0
+
+
+def test_generation_is_a_long_benchmark():
+    assert "generation" in bench._benchmarks() and "generation" in bench.LONG
