@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tests.conftest import ROOT, run_train
@@ -48,7 +47,7 @@ def _keys(count: int, start: int = 0) -> list[str]:
 
 
 def _run_python(code: str, timeout: float) -> subprocess.CompletedProcess | None:
-    """Run `code` in a fresh interpreter from the repository root; None if it is still running at `timeout`."""
+    """Run `code` in a fresh interpreter in the repository root; None if it still runs at `timeout`."""
     try:
         return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True,
                               text=True, timeout=timeout)
@@ -86,8 +85,8 @@ def _unusable_shard(path: Path, kind: str) -> str:
     return _write_tar(path, [m for m in _rows(keys) if not m[0].endswith(".txt")])
 
 
-@pytest.mark.parametrize("kind", ["every row failed the status filter", "empty shard", "every image undecodable",
-                                  "no captions in a caption-training run"])
+@pytest.mark.parametrize("kind", ["every row failed the status filter", "empty shard",
+                                  "every image undecodable", "no captions in a caption-training run"])
 def test_a_training_stream_with_no_usable_sample_stops_naming_the_shards(kind, tmp_path):
     shards = [_unusable_shard(tmp_path / f"bad-{i:05d}.tar", kind) for i in range(2)]
     started = time.monotonic()
@@ -109,7 +108,8 @@ def test_filtered_rows_count_toward_the_failure_stop_and_usable_rows_reset_it(tm
 
     members = []
     for block in range(60):
-        members += _rows(_keys(39, block * 40), status="failed_to_download") + _rows(_keys(1, block * 40 + 39))
+        members += _rows(_keys(39, block * 40), status="failed_to_download")
+        members += _rows(_keys(1, block * 40 + 39))
     sparse = _write_tar(tmp_path / "sparse-00000.tar", members)
     batch = next(iter(make_train_loader([sparse], 4, 32, 0, 1, 0, batches_per_rank=2, seed=0)))
     assert batch["image"].shape == (4, 3, 32, 32) and batch["skipped"] == 0
@@ -128,8 +128,8 @@ def test_training_on_a_shard_of_failed_rows_fails_instead_of_hanging(tmp_path):
     bad = _write_tar(tmp_path / "train-00000.tar", _rows(_keys(30), status="failed_to_download"))
     val = _write_tar(tmp_path / "val-00000.tar", _rows(_keys(8)))
     try:
-        result = run_train([*SHARD_RUN, f"data.train={bad}", f"data.val={val}"], tmp_path / "run", tmp_path / "c",
-                           timeout=240)
+        result = run_train([*SHARD_RUN, f"data.train={bad}", f"data.val={val}"], tmp_path / "run",
+                           tmp_path / "c", timeout=240)
     except subprocess.TimeoutExpired:
         pytest.fail("the run hung at step 0 on a shard whose rows all failed the status filter")
     assert result.returncode != 0
@@ -164,10 +164,11 @@ def test_sigterm_stops_a_run_whose_loader_is_stuck_on_the_first_batch(workers, t
     val = _write_tar(tmp_path / "val-00000.tar", _rows(_keys(8)))
     args = [*SHARD_RUN, f"data.train='pipe:cat {hung}'", "data.train_samples=100", f"data.val={val}",
             f"data.num_workers={workers}"]
-    env = {**os.environ, "VISTOK_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path / 'run'}"],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    env = {**os.environ, "VISTOK_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline",
+           "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path / 'run'}"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
     writer = _wait_for_reader(hung, process, timeout=240)
     try:
         time.sleep(1.0)  # the reader is now blocked in read(): nothing arrives, nothing ends the shard
@@ -189,7 +190,8 @@ def test_sigterm_stops_a_run_whose_loader_is_stuck_on_the_first_batch(workers, t
 # ---- 3. a validation set with nothing usable is an error naming its shards -------------------------------
 
 
-@pytest.mark.parametrize("kind", ["every row failed the status filter", "empty shard", "every image undecodable"])
+@pytest.mark.parametrize("kind", ["every row failed the status filter", "empty shard",
+                                  "every image undecodable"])
 def test_an_empty_validation_set_is_an_error_naming_the_shards(kind, tmp_path):
     from vistok.data.wds import make_val_loader
 
@@ -220,8 +222,8 @@ def test_every_rank_agrees_whether_a_validation_set_is_empty(tmp_path):
 def test_training_with_an_empty_validation_set_fails_naming_it(tmp_path):
     train = _write_tar(tmp_path / "train-00000.tar", _rows(_keys(16)))
     val = _write_tar(tmp_path / "val-00000.tar", _rows(_keys(16), status="failed_to_download"))
-    result = run_train([*SHARD_RUN, f"data.train={train}", f"data.val={val}"], tmp_path / "run", tmp_path / "c",
-                       timeout=300)
+    result = run_train([*SHARD_RUN, f"data.train={train}", f"data.val={val}"], tmp_path / "run",
+                       tmp_path / "c", timeout=300)
     assert result.returncode != 0, "a run that validated on nothing must not succeed"
     assert "NoUsableDataError" in result.stderr and val in result.stderr, result.stderr[-3000:]
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -270,7 +272,8 @@ def _case_gray16():
 
 def _case_pillow_16bit(mode: str):
     values = _pixels(1, 65535)[..., 0]
-    image = Image.frombytes(mode, (SIZE, SIZE), values.astype(">u2" if mode.endswith("B") else "<u2").tobytes())
+    raw = values.astype(">u2" if mode.endswith("B") else "<u2").tobytes()
+    image = Image.frombytes(mode, (SIZE, SIZE), raw)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue(), np.repeat(np.rint(values / 257.0)[..., None], 3, axis=2)
@@ -315,7 +318,8 @@ def _case_palette_with_transparent_index():
     image.putpalette([c for colour in palette for c in colour])
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", transparency=2)  # index 2 (blue) is transparent
-    expected = np.array([palette[i] if i != 2 else (255, 255, 255) for i in indices.ravel()], dtype=np.float64)
+    colours = [palette[i] if i != 2 else (255, 255, 255) for i in indices.ravel()]
+    expected = np.array(colours, dtype=np.float64)
     return buffer.getvalue(), expected.reshape(SIZE, SIZE, 3)
 
 
@@ -363,7 +367,7 @@ def test_every_image_mode_decodes_to_the_right_rgb_values(case):
     data, expected = make()
     decoded = (load_image(data, SIZE).permute(1, 2, 0).numpy().astype(np.float64) + 1.0) * 127.5
     error = np.abs(decoded - expected)
-    assert error.max() <= tolerance, f"{case}: off by up to {error.max():.1f} levels, e.g. at {np.argmax(error)}"
+    assert error.max() <= tolerance, f"{case}: off by up to {error.max():.1f} levels at {np.argmax(error)}"
 
 
 def test_32_bit_integer_images_are_scaled_like_16_bit():
@@ -387,7 +391,7 @@ def test_only_jpeg_png_and_webp_are_decoded():
             load_image(buffer.getvalue(), SIZE)
 
 
-# ---- 5. images built to exhaust memory or time --------------------------------------------------------------
+# ---- 5. images built to exhaust memory or time ----------------------------------------------------------
 
 
 def _zlib_bomb_png(side: int) -> bytes:

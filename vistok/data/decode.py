@@ -3,8 +3,8 @@
 Shards come from the web, so an image is untrusted input:
 
 - Formats: JPEG (with MPO, the multi-picture JPEG many cameras write, which Pillow opens as a JPEG), PNG and
-  WebP, whatever the member's extension says. Every other format Pillow could open (TIFF, EPS, PSD, ...) is refused: each extra decoder
-  is attack surface no img2dataset shard needs.
+  WebP, whatever the member's extension says. Every other format Pillow could open (TIFF, EPS, PSD, ...) is
+  refused: each extra decoder is attack surface no img2dataset shard needs.
 - Modes: 16-bit greyscale (`I;16`, `I;16B`, `I`, values 0..65535) is scaled to 8 bits (`round(x / 257)`), not
   clipped (clipping turns almost every pixel white). Images with transparency (RGBA, LA, PA, or a transparent
   palette index / colour) are composited over `BACKGROUND`, white, the way a browser shows them on a page.
@@ -35,7 +35,7 @@ _FULL_RESIZE_MAX_CROPS = 16
 
 
 class ImageTooLargeError(ValueError):
-    """The image declares more pixels than `MAX_DECODE_PIXELS` (a decompression bomb or an oversized photo)."""
+    """The image declares more pixels than `MAX_DECODE_PIXELS` (a decompression bomb, an oversized photo)."""
 
 
 def load_image(data: bytes, resolution: int) -> torch.Tensor:
@@ -56,16 +56,17 @@ def load_image(data: bytes, resolution: int) -> torch.Tensor:
 
 
 def _bound_decode_size(img: Image.Image, resolution: int) -> None:
-    """Refuse (or, for a JPEG, shrink while decoding) an image above the pixel limit; reads only the header."""
+    """Refuse (a JPEG: shrink while decoding) an image above the pixel limit; reads only the header."""
     width, height = img.size
     if width * height <= MAX_DECODE_PIXELS:
         return
     if img.format in ("JPEG", "MPO"):
         scale = resolution / min(width, height)
-        img.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))  # keeps the short side >= resolution
+        # The decoder's 1/2 .. 1/8 scaling, as far as the short side stays at least `resolution`.
+        img.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
     if img.size[0] * img.size[1] > MAX_DECODE_PIXELS:
-        raise ImageTooLargeError(f"{img.format} image of {width} x {height} pixels is above the decode limit of "
-                                 f"{MAX_DECODE_PIXELS:,} pixels")
+        raise ImageTooLargeError(f"{img.format} image of {width} x {height} pixels is above the decode limit "
+                                 f"of {MAX_DECODE_PIXELS:,} pixels")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

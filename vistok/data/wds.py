@@ -40,8 +40,9 @@ from webdataset.gopen import Pipe
 
 from vistok.data.decode import load_image
 
-__all__ = ["NoUsableDataError", "ShardLoader", "count_samples", "expand_urls", "kill_shard_commands", "load_image",
-           "make_train_loader", "make_val_loader", "rank_shards", "read_captions", "waiting_for_data"]
+__all__ = ["NoUsableDataError", "ShardLoader", "count_samples", "expand_urls", "kill_shard_commands",
+           "load_image", "make_train_loader", "make_val_loader", "rank_shards", "read_captions",
+           "waiting_for_data"]
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,8 @@ class _SkipCounter:
                 f"no usable sample in {span} ({_counts(self.since_progress)}) from shards "
                 f"{describe_shards(self.failing_shards or self.shards)}"
                 + (f"; last error: {exn!r}" if exn is not None else "")
-                + f". Check the shards (limits: {self.max_consecutive} in a row, {self.stall_seconds:.0f} seconds)")
+                + f". Check the shards (limits: {self.max_consecutive} in a row, "
+                f"{self.stall_seconds:.0f} seconds)")
 
     def _repeats_last_shard_error(self, exn: Exception) -> bool:
         """True for the second report of one truncated shard.
@@ -422,7 +424,8 @@ class TrainStream(IterableDataset):
             wds.select(_StatusFilter(rows)),
             wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), seed=shuffle_seed),
             wds.map(_Decode(self.resolution, decodes, self.require_caption), handler=decodes),
-            wds.batched(self.batch_size, collation_fn=_Collate(_CombinedCounter(rows, decodes)), partial=False),
+            wds.batched(self.batch_size, collation_fn=_Collate(_CombinedCounter(rows, decodes)),
+                        partial=False),
         ).with_epoch(num_batches)
         # Batches already trained on are dropped with their skip counts (the checkpoint counted those).
         return itertools.islice(iter(pipeline), self._worker_done(worker, num_workers), None)
@@ -497,7 +500,7 @@ class ValStream(IterableDataset):
             yield self._blank()
 
     def _rows(self, counter: _SkipCounter) -> Iterator[dict]:
-        """The rows that pass the status filter, in shard order (the first `limit`): the same on every slot."""
+        """Rows that pass the status filter, in shard order (the first `limit`); the same on every slot."""
         raw = wds.DataPipeline(
             wds.SimpleShardList(self.urls),
             _CountOpenings(counter),
@@ -569,7 +572,7 @@ def _waiting_for_a_batch():
 
 
 def waiting_for_data() -> bool:
-    """True while this process's main thread waits for a `ShardLoader` batch (reading, decoding, or for a worker).
+    """True while this process's main thread waits for a `ShardLoader` batch (reading, decoding, a worker).
 
     Nothing is half-done then, so a stop signal can act at once (vistok/training/preemption.py) instead of
     at the end of a batch that may never come.

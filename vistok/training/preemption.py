@@ -80,7 +80,7 @@ class StopRequested(SIGTERMException):
 
 
 def install_stop_handler() -> bool:
-    """Make SIGTERM stop this process in every state (idempotent). Returns whether vistok's handler is in place.
+    """Make SIGTERM stop this process in every state (idempotent). Returns whether vistok's handler is set.
 
     A handler someone else installed is left alone: under submitit, SIGTERM is deliberately ignored so that
     the preemption signal's requeue can finish.
