@@ -193,9 +193,10 @@ class _SkipCounter:
         self._unusable("shard openings", shard)
 
     def succeeded(self) -> None:
-        self.consecutive = 0
-        self.failing_shards.clear()
-        self.since_progress.clear()
+        if self.consecutive:  # called once per row: the common case touches nothing else
+            self.consecutive = 0
+            self.failing_shards.clear()
+            self.since_progress.clear()
         self.last_progress = time.monotonic()
 
     def take(self) -> int:
