@@ -184,6 +184,69 @@ def test_scale_drop_only_in_training():
     assert train_out.embeddings.shape == eval_out.embeddings.shape
 
 
+def test_msvq_applies_straight_through_and_the_losses_at_every_scale():
+    """TokenFlow's code: each scale's l2-normalised residual goes through the quantizer with its own
+    straight-through estimator and losses (averaged over scales); nothing is detached before the scales."""
+    torch.manual_seed(0)
+    quantizer = SharedIndexQuantizer([SEM, PIX], 32, scales=[1, 2, 4], dead_code_threshold=0.0).train()
+    quantizer.initialised.fill_(True)  # keep the random codes: no first-batch initialisation
+    z = torch.randn(2, 16, SEM + PIX, requires_grad=True)
+    out = quantizer(z)
+    residual, maps, commits, quants = z.transpose(1, 2).reshape(2, SEM + PIX, 4, 4), [], [], []
+    for s in quantizer.scales:  # the same scales by hand, one `quantize_scale` call each
+        up, ids, losses = quantizer.quantize_scale(residual, s)
+        maps.append(up)
+        commits.append(losses["commit"])
+        quants.append(losses["quant"])
+        residual = residual - up.detach()
+    assert torch.allclose(sum(maps).flatten(2).transpose(1, 2), out.quantized, atol=1e-6)
+    assert torch.allclose(out.losses["commit"], torch.stack(commits).mean(), atol=1e-6)
+    assert torch.allclose(out.losses["quant"], torch.stack(quants).mean(), atol=1e-6)
+    for up in maps:  # every scale's estimator passes gradient back to the encoder's features
+        grad, = torch.autograd.grad(up.sum(), z, retain_graph=True)
+        assert grad.abs().sum() > 0
+    # the straight-through value is the code itself, upsampled: the forward pass is exact
+    coarse = torch.nn.functional.interpolate(z.detach().transpose(1, 2).reshape(2, -1, 4, 4), size=(1, 1),
+                                             mode="area")
+    ids = quantizer.select(quantizer.normalise(coarse.flatten(2).transpose(1, 2)).reshape(-1, SEM + PIX),
+                           quantizer.codes()).view(2, 1, 1)
+    assert torch.allclose(maps[0], quantizer._code_map(ids, 4), atol=1e-6)
+
+
+def test_msvq_has_no_learned_gains_and_upsamples_bicubically():
+    quantizer = SharedIndexQuantizer([SEM, PIX], 32, scales=[2, 4])
+    assert not any("gain" in name for name, _ in quantizer.named_parameters())
+    assert not any("gain" in name for name, _ in quantizer.named_buffers())
+    ids = torch.randint(32, (1, 2, 2))
+    codes = quantizer.codes()
+    expected = torch.nn.functional.interpolate(
+        torch.nn.functional.embedding(ids, codes).permute(0, 3, 1, 2), size=(4, 4), mode="bicubic")
+    assert torch.allclose(quantizer._code_map(ids, 4), expected)
+
+
+def test_the_papers_scales_that_do_not_divide_the_top_grid():
+    torch.manual_seed(0)
+    scales = [1, 2, 4, 6, 8, 10, 12, 14, 16]  # TokenFlow's L scales; 6, 10, 12, 14 do not divide 16
+    quantizer = SharedIndexQuantizer([SEM, PIX], 64, scales=scales).eval()
+    z = torch.randn(2, 16 * 16, SEM + PIX)
+    with torch.no_grad():
+        out = quantizer(z)
+    assert out.indices.shape == (2, 256, len(scales))
+    assert torch.allclose(quantizer.lookup(out.indices), out.quantized, atol=1e-5)  # ids alone rebuild the map
+    with pytest.raises(ValueError, match="top grid"):
+        quantizer(torch.randn(2, 8 * 8, SEM + PIX))  # the last scale must be the grid itself
+
+
+def test_msvq_loads_a_state_dict_saved_before_the_gains_were_removed():
+    quantizer = SharedIndexQuantizer([SEM, PIX], 32)
+    old = {**quantizer.state_dict(), "log_gains": torch.zeros(1)}  # single scale: the gain was exactly 1
+    quantizer.load_state_dict(old)
+    multiscale = SharedIndexQuantizer([SEM, PIX], 32, scales=[2, 4])
+    learned = {**multiscale.state_dict(), "log_gains": torch.tensor([0.0, -0.7])}
+    with pytest.raises(RuntimeError, match="learned scale gains"):
+        multiscale.load_state_dict(learned)
+
+
 def test_bad_arguments_are_clear():
     with pytest.raises(ValueError, match="must equal the quantizer's dim"):
         make_dual(semantic_dim=SEM, pixel_dim=PIX + 1, quantizer=SharedIndexQuantizer([SEM, PIX], 8))

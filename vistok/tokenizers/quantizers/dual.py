@@ -25,11 +25,14 @@ class SharedIndexQuantizer(Quantizer):
     vector is the concatenation of the chosen entries, with one straight-through estimator. With one part
     this is a plain (cosine, when `l2norm`) VQ with a learned codebook.
 
-    Multi-scale residual quantization (VAR-style MSVQ, `scales`): for each scale s the residual is
-    area-downsampled to s x s, quantized, upsampled back to the top grid, accumulated and subtracted.
-    Scale k's code vectors are scaled by a learned gain (initially 2^-k) so the finer scales can carry
-    the smaller residuals. Ids come back as one stream per scale on the top grid (a coarse id repeated
-    over the cells it covers), so `lookup` rebuilds the accumulated map from ids alone.
+    Multi-scale residual quantization (MSVQ, `scales`), as TokenFlow's code does it: for each scale s the
+    residual is area-downsampled to s x s, l2-normalised, quantized with its own straight-through estimator
+    and losses (the losses are averaged over the scales), upsampled bicubically to the top grid,
+    accumulated, and subtracted (detached) from the residual. The residual itself is not detached, so every
+    scale's estimator passes gradient to the encoder; there are no per-scale gains. Scales need not divide
+    the top grid (TokenFlow's [1, 2, 4, 6, ..., 16]). Ids come back as one stream per scale on the top grid
+    (each top-grid cell holds the id of the nearest coarse cell, so every coarse id appears at least once),
+    and `lookup` rebuilds the accumulated map from ids alone.
 
     Codes are initialised from the first training batch, and codes whose running usage falls below
     `dead_code_threshold` (expected hits per step) are re-seeded from the batch.
@@ -65,11 +68,6 @@ class SharedIndexQuantizer(Quantizer):
         self.dead_code_threshold, self.usage_decay = dead_code_threshold, usage_decay
         self.codebooks = nn.ParameterList([nn.Parameter(torch.randn(codebook_size, d)) for d in self.dims])
         streams = len(self.scales) if self.scales else 1
-        log_gains = -math.log(2) * torch.arange(streams, dtype=torch.float32)  # (S,)
-        if streams > 1:
-            self.log_gains = nn.Parameter(log_gains)
-        else:  # a buffer, so that stage freezing never turns an unused parameter on
-            self.register_buffer("log_gains", log_gains)
         self.codebook_sizes = (codebook_size,) * streams
         self.stream_names = tuple(f"scale{s}" for s in self.scales) if self.scales else ("shared",)
         self.register_buffer("usage", torch.full((codebook_size,), float(dead_code_threshold) + 1.0))
@@ -85,10 +83,9 @@ class SharedIndexQuantizer(Quantizer):
             return z
         return torch.cat([F.normalize(p, dim=-1) for p in self._split(z)], dim=-1)
 
-    def codes(self, stream: int = 0) -> torch.Tensor:
-        """(K, D) the concatenated code vectors used at `stream` (scale), gain included."""
-        table = torch.cat([F.normalize(c, dim=-1) if self.l2norm else c for c in self.codebooks], dim=-1)
-        return table * self.log_gains[stream].exp()
+    def codes(self) -> torch.Tensor:
+        """(K, D) the concatenated code vectors (every part l2-normalised when `l2norm`)."""
+        return torch.cat([F.normalize(c, dim=-1) if self.l2norm else c for c in self.codebooks], dim=-1)
 
     def select(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Shared index: (M, D) features, (K, D) codes -> (M,) argmin_i sum_p w_p ||z_p - e_p,i||^2."""
@@ -100,47 +97,58 @@ class SharedIndexQuantizer(Quantizer):
 
     # ---- forward ------------------------------------------------------------------------------
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        z = self.normalise(z)  # (B, N, D)
         if self.training:  # before the codes enter the graph: they are edited in place
-            self._maybe_initialise(z)
-            self._restart_dead_codes(z)
+            self._maybe_initialise(self.normalise(z))
+            self._restart_dead_codes(self.normalise(z))
         if self.scales is None:
-            indices = self.select(z.reshape(-1, self.dim).detach(), self.codes()).view(z.shape[:-1])  # (B, N)
-            quantized = F.embedding(indices, self.codes())  # (B, N, D)
+            quantized, indices, losses = self._single_scale(self.normalise(z))  # (B, N, D), (B, N)
         else:
-            quantized, indices = self._multiscale(z)  # (B, N, D), (B, N, S)
+            quantized, indices, losses = self._multiscale(z)  # (B, N, D), (B, N, S)
         if self.training:
             self._count_usage(indices)
+        return QuantizerOutput(quantized=quantized, indices=indices, losses=losses)
+
+    def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Normalised (B, M, D) features -> straight-through codes (B, M, D), ids (B, M), losses."""
+        indices = self.select(z.reshape(-1, self.dim).detach(), self.codes()).view(z.shape[:-1])
+        quantized = F.embedding(indices, self.codes())
         losses = {"quant": F.mse_loss(quantized, z.detach()), "commit": F.mse_loss(z, quantized.detach())}
         if z.requires_grad:  # straight-through; without a graph the codes themselves (exact lookup invariant)
             quantized = z + (quantized - z).detach()
-        return QuantizerOutput(quantized=quantized, indices=indices, losses=losses)
+        return quantized, indices, losses
 
-    def _multiscale(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _single_scale(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        return self._quantize(z)
+
+    def quantize_scale(self, residual: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """One MSVQ scale: (B, D, side, side) residual -> its straight-through code map on the top grid
+        (B, D, side, side), the ids (B, s, s) and the scale's losses."""
+        coarse = rearrange(F.interpolate(residual, size=(s, s), mode="area"), "b d h w -> b (h w) d")
+        quantized, ids, losses = self._quantize(self.normalise(coarse))
+        vectors = rearrange(quantized, "b (h w) d -> b d h w", h=s)
+        return _upsample_map(vectors, residual.shape[-1]), ids.view(-1, s, s), losses
+
+    def _multiscale(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         side = _side(z.shape[1])
-        residual = rearrange(z.detach(), "b (h w) d -> b d h w", h=side)
-        accumulated = torch.zeros_like(residual)
+        if self.scales[-1] != side:
+            raise ValueError(f"the last scale {self.scales[-1]} must be the top grid {side} x {side}")
+        residual = rearrange(z, "b (h w) d -> b d h w", h=side)  # not detached: each scale's estimator reaches z
+        accumulated, streams, scale_losses = 0, [], []
         dropped = self._dropped_scale()
-        streams = []
         for k, s in enumerate(self.scales):
-            coarse = F.interpolate(residual, size=(s, s), mode="area")  # (B, D, s, s)
-            flat = rearrange(coarse, "b d h w -> (b h w) d")
-            ids = self.select(flat, self.codes(k).detach()).view(z.shape[0], s, s)  # (B, s, s)
+            up, ids, losses = self.quantize_scale(residual, s)
             streams.append(_upsample_ids(ids, side))
             if k == dropped:
                 continue
-            up = self._code_map(ids, k, side)  # (B, D, side, side)
             accumulated = accumulated + up
+            scale_losses.append(losses)
             residual = residual - up.detach()
-        quantized = rearrange(accumulated, "b d h w -> b (h w) d")
-        return quantized, torch.stack(streams, -1)  # (B, N, D), (B, N, S)
+        losses = {name: torch.stack([l[name] for l in scale_losses]).mean() for name in scale_losses[0]}
+        return rearrange(accumulated, "b d h w -> b (h w) d"), torch.stack(streams, -1), losses
 
-    def _code_map(self, ids: torch.Tensor, stream: int, side: int) -> torch.Tensor:
+    def _code_map(self, ids: torch.Tensor, side: int) -> torch.Tensor:
         """(B, s, s) ids at one scale -> (B, D, side, side) code map upsampled to the top grid."""
-        vectors = rearrange(F.embedding(ids, self.codes(stream)), "b h w d -> b d h w")
-        if ids.shape[-1] == side:
-            return vectors
-        return F.interpolate(vectors, size=(side, side), mode="bilinear", align_corners=False)
+        return _upsample_map(rearrange(F.embedding(ids, self.codes()), "b h w d -> b d h w"), side)
 
     def _dropped_scale(self) -> int | None:
         if not self.training or self.scale_drop <= 0 or len(self.scales) < 2:
@@ -186,9 +194,22 @@ class SharedIndexQuantizer(Quantizer):
         side = _side(indices.shape[1])
         total = 0
         for k, s in enumerate(self.scales):
-            grid = rearrange(indices[..., k], "b (h w) -> b h w", h=side)[:, :: side // s, :: side // s]
-            total = total + self._code_map(grid, k, side)
+            cells = _first_top_cells(s, side, indices.device)  # one top-grid cell per coarse cell
+            grid = rearrange(indices[..., k], "b (h w) -> b h w", h=side)[:, cells][:, :, cells]
+            total = total + self._code_map(grid, side)
         return rearrange(total, "b d h w -> b (h w) d")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """State saved when MSVQ learned per-scale gains: a single-scale gain of exactly 1 is dropped; learned
+        gains cannot be honoured by this quantizer and are refused by name."""
+        gains = state_dict.get(prefix + "log_gains")
+        if gains is not None:
+            if gains.numel() > 1 or float(gains.abs().max()) > 0:
+                raise RuntimeError(f"{prefix}log_gains: this state was trained with learned scale gains, which "
+                                   "the multi-scale quantizer no longer has (TokenFlow's code has none); "
+                                   "retrain it, or load it with the vistok version that saved it")
+            state_dict.pop(prefix + "log_gains")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class SeparateCodebookQuantizer(Quantizer):
@@ -237,9 +258,28 @@ def _side(n: int) -> int:
     return side
 
 
+def _upsample_map(vectors: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, D, s, s) -> (B, D, side, side), bicubic as in TokenFlow's code (the identity at s = side)."""
+    if vectors.shape[-1] == side:
+        return vectors
+    return F.interpolate(vectors, size=(side, side), mode="bicubic", align_corners=False)
+
+
+def _nearest_coarse_cells(s: int, side: int, device: torch.device | None = None) -> torch.Tensor:
+    """(side,) the coarse row (or column) under each top-grid row: floor(i * s / side)."""
+    return torch.arange(side, device=device) * s // side
+
+
+def _first_top_cells(s: int, side: int, device: torch.device | None = None) -> torch.Tensor:
+    """(s,) for each coarse row, the first top-grid row whose nearest coarse row it is: ceil(j * side / s)."""
+    return (torch.arange(s, device=device) * side + s - 1) // s
+
+
 def _upsample_ids(ids: torch.Tensor, side: int) -> torch.Tensor:
-    """(B, s, s) ids -> (B, side * side), each id repeated over the top-grid cells it covers."""
+    """(B, s, s) ids -> (B, side * side): each top-grid cell holds the id of its nearest coarse cell. Any
+    s <= side works; `_first_top_cells` finds every coarse id again."""
     s = ids.shape[-1]
-    if side % s:
-        raise ValueError(f"scale {s} does not divide the top grid {side}")
-    return rearrange(ids.repeat_interleave(side // s, 1).repeat_interleave(side // s, 2), "b h w -> b (h w)")
+    if s > side:
+        raise ValueError(f"scale {s} is larger than the top grid {side}")
+    cells = _nearest_coarse_cells(s, side, ids.device)
+    return rearrange(ids[:, cells][:, :, cells], "b h w -> b (h w)")
