@@ -7,8 +7,8 @@ is then built on the meta device (shapes only: no memory, no weights, nothing re
 - parameters per module group, tokens per image, the LLM's sequence length (visual + caption tokens);
 - model FLOPs per training sample, per stage: torch's `FlopCounterMode` counts the forward of every part
   the stage runs (encoder, decoder when the tokenizer loss is on, projector, LLM when a caption or
-  generation loss is on, the discriminator twice when it trains) and the backward of every part the
-  gradient passes through (a frozen part upstream of a trained one still passes gradients);
+  generation loss is on, the discriminator twice when it trains), the full backward of every trained
+  part, and the input-gradient backward of a frozen part the gradient crosses to a trained one upstream;
 - the expected peak memory per GPU, per stage, under DDP and FSDP2: parameters (in the LLM's dtype for
   the LLM, float32 elsewhere), gradients of trained parameters, AdamW's two moments, plus activations:
   the bytes autograd saves for backward in one sample's forward (measured on the meta device, each storage
@@ -197,13 +197,26 @@ def group_parameters(model: MetaModel) -> dict[str, int]:
 
 @dataclass
 class Cost:
-    forward: float = 0.0   # FLOPs
-    backward: float = 0.0  # FLOPs
-    saved: float = 0.0     # bytes autograd keeps for backward
+    forward: float = 0.0          # FLOPs
+    backward: float = 0.0         # FLOPs, weight and input gradients
+    backward_inputs: float = 0.0  # FLOPs, input gradients only (a frozen part the gradient crosses)
+    saved: float = 0.0            # bytes autograd keeps for backward
 
 
-def _measure(run, inputs: torch.Tensor) -> Cost:
-    """FLOPs of run(inputs) forward and backward, and the bytes saved for backward, on the meta device."""
+def _measure(run, inputs: torch.Tensor, part: torch.nn.Module) -> Cost:
+    """FLOPs of run(inputs) forward and backward (with `part`'s weights trained, then frozen), and the bytes
+    saved for backward, on the meta device."""
+    cost = _measure_once(run, inputs)
+    trainable = [p for p in part.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    cost.backward_inputs = _measure_once(run, inputs).backward
+    for p in trainable:
+        p.requires_grad_(True)
+    return cost
+
+
+def _measure_once(run, inputs: torch.Tensor) -> Cost:
     from torch.utils.flop_counter import FlopCounterMode
 
     saved = {}  # storage -> bytes: a tensor saved by two ops (a conv's output read by the next) counts once
@@ -217,7 +230,7 @@ def _measure(run, inputs: torch.Tensor) -> Cost:
             out = run(inputs)
     with FlopCounterMode(display=False) as backward:
         out.float().sum().backward()
-    return Cost(forward.get_total_flops(), backward.get_total_flops(), float(sum(saved.values())))
+    return Cost(forward.get_total_flops(), backward.get_total_flops(), saved=float(sum(saved.values())))
 
 
 def _settle_flags(module: torch.nn.Module) -> None:
@@ -247,14 +260,14 @@ def part_costs(cfg: DictConfig, model: MetaModel) -> dict[str, Cost]:
     encoded = tok.encode(image.detach())
     _check_loss_weights(cfg, encoded.losses)
     embeddings = encoded.embeddings.detach().requires_grad_(True)  # (1, N, D)
-    costs = {"encoder": _measure(lambda x: tok.encode(x).embeddings, image),
-             "decoder": _measure(lambda e: tok.decode(e), embeddings)}
+    costs = {"encoder": _measure(lambda x: tok.encode(x).embeddings, image, tok),
+             "decoder": _measure(lambda e: tok.decode(e), embeddings, tok)}
     if model.discriminator is not None:
-        costs["discriminator"] = _measure(model.discriminator, image)
+        costs["discriminator"] = _measure(model.discriminator, image, model.discriminator)
     if model.llm is not None:
         hidden = model.llm.config.hidden_size
         if model.projector is not None:
-            costs["projector"] = _measure(model.projector, embeddings)
+            costs["projector"] = _measure(model.projector, embeddings, model.projector)
         caption = int(cfg.module.max_caption_tokens)
         sequence = torch.empty(1, model.llm_inputs + caption, hidden, device="meta", dtype=model.llm_dtype,
                                requires_grad=True)
@@ -269,10 +282,10 @@ def part_costs(cfg: DictConfig, model: MetaModel) -> dict[str, Cost]:
         checkpointing = model.llm.is_gradient_checkpointing
         if checkpointing:  # model FLOPs leave out the recomputed forward; memory keeps what checkpointing saves
             model.llm.gradient_checkpointing_disable()
-        costs["llm"] = _measure(llm, sequence)
+        costs["llm"] = _measure(llm, sequence, model.llm)
         if checkpointing:
             model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            costs["llm"].saved = _measure(llm, sequence).saved
+            costs["llm"].saved = _measure_once(llm, sequence).saved
     return costs
 
 
@@ -281,24 +294,26 @@ def part_costs(cfg: DictConfig, model: MetaModel) -> dict[str, Cost]:
 TOKENIZER_GROUPS = ("encoder", "quantizer", "decoder", "tokenizer")
 
 
-def _used_parts(stage, model: MetaModel) -> dict[str, bool]:
-    """part -> whether its backward runs in this stage (False: forward only). Parts not used are absent."""
+TRAIN, PASS = "train", "pass"  # a part's backward: weight and input gradients, or input gradients only
+
+
+def _used_parts(stage, model: MetaModel) -> dict[str, str | None]:
+    """part -> its backward in this stage: TRAIN (it is trained), PASS (frozen, but the gradient crosses it
+    to a trained part upstream) or None (forward only). Parts the stage does not run are absent."""
     trained = set(stage.train)
-    tokenizer_trained = bool(trained & set(TOKENIZER_GROUPS))
-    encoder_trained = bool(trained & {"encoder", "tokenizer", "quantizer"})
+    encoder_trained = bool(trained & {"encoder", "quantizer"})
+    decoder_trained = "decoder" in trained
     reads_llm = model.llm is not None and (stage.caption_weight > 0 or stage.generation_weight > 0)
-    used = {"encoder": False}
+    used: dict[str, str | None] = {"encoder": TRAIN if encoder_trained else None}
     if stage.alpha > 0 or stage.generation_weight > 0 or not reads_llm:
-        used["decoder"] = tokenizer_trained
+        used["decoder"] = TRAIN if decoder_trained else PASS if encoder_trained else None
     if reads_llm:
-        upstream = encoder_trained or "projector" in trained
-        used["llm"] = "llm" in trained or upstream
         if model.projector is not None:
-            used["projector"] = "projector" in trained or encoder_trained
-    # The gradient reaches the encoder from the decoder's loss or through the LLM.
-    used["encoder"] = encoder_trained
+            used["projector"] = TRAIN if "projector" in trained else PASS if encoder_trained else None
+        upstream = encoder_trained or "projector" in trained
+        used["llm"] = TRAIN if "llm" in trained else PASS if upstream else None
     if "discriminator" in trained and model.discriminator is not None:
-        used["discriminator"] = True
+        used["discriminator"] = TRAIN
     return used
 
 
@@ -306,7 +321,8 @@ def stage_flops(stage, model: MetaModel, costs: dict[str, Cost]) -> float:
     total = 0.0
     for part, backward in _used_parts(stage, model).items():
         runs = 2 if part == "discriminator" else 1  # real and reconstructed images
-        total += runs * (costs[part].forward + (costs[part].backward if backward else 0.0))
+        cost = costs[part]
+        total += runs * (cost.forward + {TRAIN: cost.backward, PASS: cost.backward_inputs, None: 0.0}[backward])
     return total
 
 
@@ -330,7 +346,7 @@ def stage_memory(stage, model: MetaModel, costs: dict[str, Cost], batch: int, wo
     state = weights + trained_bytes * (1 + ADAM_MOMENTS)  # parameters, gradients, AdamW moments
     used = _used_parts(stage, model)
     activations = batch * sum(costs[p].saved * (2 if p == "discriminator" else 1) * (1 if p == "llm" else half)
-                              for p in used if used[p])
+                              for p, backward in used.items() if backward)
     return {"ddp": (state + activations) / GIB,
             "fsdp2": (state / world + largest_unit + activations) / GIB}
 
