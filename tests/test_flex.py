@@ -307,3 +307,25 @@ def test_onedpiece_paper_uses_the_papers_quantizer(compose_cfg):
     assert vq.use_cosine_sim and not vq.rotation_trick  # l2-normalised, plain straight-through
     assert bool(vq._codebook.initted) and vq._codebook.threshold_ema_dead_code == 0  # no k-means, no restart
     assert cfg.loss.quantizer_weights.commit == 0.25
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_causal_latents_keep_each_token_from_reading_the_tokens_after_it(causal):
+    """ml-flextok packs [patches ; registers] with a prefix-LM mask: register j reads every patch and the
+    registers up to j; patches read patches only."""
+    from vistok.tokenizers.modules.vit import LatentTokenEncoder
+
+    torch.manual_seed(0)
+    encoder = LatentTokenEncoder(16, 4, num_tokens=4, width=16, depth=2, heads=2, out_dim=8, causal_latents=causal)
+    out = encoder(torch.rand(2, 3, 16, 16))
+    for j in range(4):
+        grad, = torch.autograd.grad(out[:, j].sum(), encoder.latent_tokens, retain_graph=True)
+        later = grad[0, j + 1:].abs().sum()
+        assert (later == 0) if causal else (j == 3 or later > 0), (j, later)
+        assert grad[0, j].abs().sum() > 0
+
+
+def test_flextok_paper_registers_attend_causally(compose_cfg):
+    cfg = compose_cfg(["experiment=flextok_paper"])
+    assert cfg.tokenizer.encoder.causal_latents is True
+    assert compose_cfg(["experiment=flex_mini"]).tokenizer.encoder.causal_latents is False  # measured so

@@ -53,7 +53,8 @@ def token_positions(num_tokens: int, grid: int, device: torch.device) -> torch.T
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; `key_mask` (B, L) bool, True = attend to that token; optional rotary angles."""
+    """Multi-head self-attention; `key_mask` (B, L) bool, True = attend to that token, or a mask already
+    shaped for attention (1, 1, L, L), one row per query; optional rotary angles."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -68,7 +69,9 @@ class Attention(nn.Module):
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L) broadcast over queries
+        attn_mask = key_mask
+        if key_mask is not None and key_mask.dim() == 2:
+            attn_mask = key_mask[:, None, None, :]  # (B, 1, 1, L) broadcast over heads and queries
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, L, d)
         return self.out(rearrange(y, "b h l d -> b l (h d)"))
 
@@ -185,12 +188,17 @@ class LatentTokenEncoder(nn.Module):
         merge_after: 2x2-merge the patch tokens after this many blocks (Instella: 8); None = never.
         mlp_ratio, norm, mlp: block options (see `Block`).
         rope_axes, rope_theta: rotary positions instead of learned ones (see `_Positions`).
+        causal_latents: FlexTok's register mask (ml-flextok's "causal_last" sequence packing): patches
+            attend to patches only, latent token j to every patch and to latent tokens 1..j, so a token
+            cannot depend on the tokens after it. False = full attention (TiTok).
     """
 
     def __init__(self, resolution: int, patch_size: int, num_tokens: int, width: int, depth: int, heads: int,
                  out_dim: int, merge_after: int | None = None, mlp_ratio: float = 4.0, norm: str = "layer",
-                 mlp: str = "gelu", rope_axes: list[int] | None = None, rope_theta: float = 10000.0):
+                 mlp: str = "gelu", rope_axes: list[int] | None = None, rope_theta: float = 10000.0,
+                 causal_latents: bool = False):
         super().__init__()
+        self.causal_latents = causal_latents
         self.grid = _check_grid(resolution, patch_size, merge_after, depth)
         self.num_tokens, self.merge_after = num_tokens, merge_after
         self.positions = _Positions(width, heads, rope_axes, rope_theta)
@@ -213,8 +221,18 @@ class LatentTokenEncoder(nn.Module):
                 x = torch.cat([self.merge(x[:, :-n], grid), x[:, -n:]], dim=1)
                 grid //= 2
                 rope = self.positions.rope(n, grid, images.device)
-            x = block(x, rope=rope)
+            x = block(x, self._attention_mask(x.shape[1], images.device), rope)
         return self.proj(self.norm(x[:, -n:]))
+
+
+    def _attention_mask(self, length: int, device: torch.device) -> torch.Tensor | None:
+        """(1, 1, L, L) bool, True = may attend, for `causal_latents`; None = full attention."""
+        if not self.causal_latents:
+            return None
+        patches = length - self.num_tokens
+        allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()  # causal over everything
+        allowed[:, :patches] = True  # every token reads every patch (the prefix)
+        return allowed[None, None]
 
 
 class LatentTokenDecoder(nn.Module):
