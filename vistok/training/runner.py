@@ -110,7 +110,15 @@ def _fit_stage(cfg: DictConfig, module: VistokModule, datamodule, stage: Stage, 
         # marker now would make the next run skip the rest of the stage.
         raise SystemExit(f"stage '{stage.name}' interrupted at step {module.stage_step} of {stage.steps}; "
                          f"{stage_dir / 'last.ckpt'} holds it and the same command resumes it")
-    trainer.validate(module, datamodule=datamodule, verbose=False)
+    # SIGTERM while validating: the stage's checkpoint is complete, a rerun validates it and marks it done.
+    stopped = (f"stage '{stage.name}' stopped by SIGTERM while validating; the same command finishes it from "
+               f"{stage_dir / 'last.ckpt'}")
+    try:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    except SIGTERMException:
+        raise SystemExit(stopped) from None
+    if getattr(trainer, "received_sigterm", False):
+        raise SystemExit(stopped)
     if trainer.is_global_zero:
         (stage_dir / "done").write_text(json.dumps(module.val_metrics))
     return trainer
