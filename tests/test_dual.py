@@ -247,6 +247,20 @@ def test_msvq_loads_a_state_dict_saved_before_the_gains_were_removed():
         multiscale.load_state_dict(learned)
 
 
+def test_dualtoken_pixel_features_add_the_weighted_layer_4_shortcut(compose_cfg):
+    torch.manual_seed(0)
+    encoder = LayeredEncoder(SEM, PIX, base_channels=8, ch_mult=(1, 2), depth=4, pixel_layer=2, semantic_layer=4,
+                             shortcut_layer=1, shortcut_weight=0.6)
+    x = images()
+    h, taps = encoder.stem(x), {}
+    for number, block in enumerate(encoder.blocks, start=1):
+        h = taps[number] = block(h)
+    expected = encoder.pixel_head(taps[2]) + 0.6 * encoder.shortcut_head(taps[1])
+    assert torch.allclose(encoder(x)[:, SEM:], expected, atol=1e-6)
+    paper = compose_cfg(["experiment=dualtoken_paper"]).tokenizer.encoder
+    assert (paper.pixel_layer, paper.shortcut_layer, paper.shortcut_weight, paper.semantic_layer) == (6, 4, 0.6, 26)
+
+
 def test_bad_arguments_are_clear():
     with pytest.raises(ValueError, match="must equal the quantizer's dim"):
         make_dual(semantic_dim=SEM, pixel_dim=PIX + 1, quantizer=SharedIndexQuantizer([SEM, PIX], 8))

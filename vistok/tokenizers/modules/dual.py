@@ -61,14 +61,18 @@ class LayeredEncoder(nn.Module):
         base_channels, ch_mult: stem widths, one stride-2 downsample per extra level.
         depth: residual blocks at grid resolution.
         pixel_layer, semantic_layer: the blocks (1..depth) the two heads read.
+        shortcut_layer, shortcut_weight: DualToken's released configs add `shortcut_weight` (0.6) times a
+            third head's projection of block `shortcut_layer` (4) to the pixel features; None = no shortcut.
     """
 
     def __init__(self, semantic_dim: int = 16, pixel_dim: int = 8, base_channels: int = 16,
                  ch_mult: tuple[int, ...] = (1, 2, 4), depth: int = 4, pixel_layer: int = 1,
-                 semantic_layer: int = 4):
+                 semantic_layer: int = 4, shortcut_layer: int | None = None, shortcut_weight: float = 0.6):
         super().__init__()
         if not (1 <= pixel_layer <= depth and 1 <= semantic_layer <= depth):
             raise ValueError(f"pixel_layer and semantic_layer must be in 1..{depth}")
+        if shortcut_layer is not None and not 1 <= shortcut_layer <= semantic_layer:
+            raise ValueError(f"shortcut_layer must be in 1..semantic_layer ({semantic_layer}), got {shortcut_layer}")
         widths = [base_channels * m for m in ch_mult]
         stem: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
         for level, width in enumerate(widths):
@@ -80,6 +84,8 @@ class LayeredEncoder(nn.Module):
         self.pixel_layer, self.semantic_layer = pixel_layer, semantic_layer
         self.pixel_head = _head(widths[-1], pixel_dim)
         self.semantic_head = _head(widths[-1], semantic_dim)
+        self.shortcut_layer, self.shortcut_weight = shortcut_layer, shortcut_weight
+        self.shortcut_head = _head(widths[-1], pixel_dim) if shortcut_layer is not None else None
         self.downsample = 2 ** (len(widths) - 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -88,7 +94,13 @@ class LayeredEncoder(nn.Module):
         for number, block in enumerate(self.blocks, start=1):
             h = block(h)
             taps[number] = h
-        return torch.cat([self.semantic_head(taps[self.semantic_layer]), self.pixel_head(taps[self.pixel_layer])], 1)
+        return torch.cat([self.semantic_head(taps[self.semantic_layer]), self._pixel_features(taps)], 1)
+
+    def _pixel_features(self, taps: dict[int, torch.Tensor]) -> torch.Tensor:
+        pixel = self.pixel_head(taps[self.pixel_layer])
+        if self.shortcut_head is None:
+            return pixel
+        return pixel + self.shortcut_weight * self.shortcut_head(taps[self.shortcut_layer])
 
 
 def _head(channels: int, out_dim: int) -> nn.Sequential:
