@@ -100,7 +100,7 @@ def write_directory(out_dir: str | Path, write: Callable[[Path], None], is_ours:
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     try:
         write(tmp)
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; outputs are shared like any directory
+        _share_like_other_outputs(tmp)
         _publish(tmp, out_dir, replacing)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -147,6 +147,15 @@ def _publish(tmp: Path, out_dir: Path, replacing: bool) -> None:
         old.rmdir()
         raise
     shutil.rmtree(old)
+
+
+def _share_like_other_outputs(folder: Path) -> None:
+    """mkdtemp (and safetensors) make private files; give the export the modes `open`/`mkdir` give under the
+    user's umask, so a group that reads the run directory reads its export too."""
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _umask() -> int:
@@ -208,7 +217,7 @@ def read_export_config(path: Path) -> dict:
     if not found:
         raise FileNotFoundError(f"{path} is not a vistok export: config.json / config.yaml is missing")
     for name, config in found.items():
-        check_targets(config, f"{path / name}")
+        check_targets(config, f"{path / name}: tokenizer")
     if len(found) == 2 and found["config.json"] != found["config.yaml"]:
         raise ValueError(f"{path}: config.json and config.yaml describe different tokenizers (edited by hand?)")
     return next(iter(found.values()))
