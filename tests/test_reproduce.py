@@ -23,7 +23,7 @@ def test_trend_checks_can_fail_and_pass():
 
     runs = {"ett_mini_frozen": three_seeds(frozen), "ett_mini_frozen_wide": three_seeds(frozen),
             "ett_mini_alpha0": three_seeds(alpha0), "ett_mini": three_seeds(good),
-            "ett_mini_alpha1": three_seeds(frozen)}
+            "ett_mini_alpha05": three_seeds(good), "ett_mini_alpha1": three_seeds(frozen)}
     means, stds = summarise(runs)
     _, verdicts = render(table, "mini", 3, means, stds)
     assert all(v["passed"] for v in verdicts), verdicts

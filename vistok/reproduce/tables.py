@@ -218,6 +218,8 @@ TABLES = {
                 paper={"SEED-I": 61.2, "GQA": 55.2, "TQA": 48.0, "MME-P": 1164.3, "rFID": 45.701}),
             Row("und + rec, alpha 0.25", "ett_mini", [],
                 paper={"SEED-I": 60.0, "GQA": 54.8, "TQA": 46.9, "MME-P": 1124.7, "rFID": 1.648}),
+            Row("und + rec, alpha 0.5", "ett_mini_alpha05", ["stages.ett.alpha=0.5"],
+                paper={"SEED-I": 59.9, "GQA": 54.7, "TQA": 46.9, "MME-P": 1118.1, "rFID": 1.655}),
             Row("und + rec, alpha 1.0", "ett_mini_alpha1", ["stages.ett.alpha=1.0"],
                 paper={"SEED-I": 59.3, "GQA": 53.9, "TQA": 45.7, "MME-P": 1088.2, "rFID": 1.500}),
         ],
@@ -333,6 +335,11 @@ TABLES["flextok_k"] = Table(
             shared=()),
         Row("nested dropout, 3/4 full length, else k ~ U{1..32}, mask token", "flex_mini",
             ["tokenizer.dropout=nested"], shared=()),
+        Row("nested dropout, k ~ pow2 {1, 2, 4, ..., 32} (FlexTok's modes)", "flex_mini_pow2",
+            ["tokenizer.dropout=nested", "tokenizer.sampling=pow2", "tokenizer.full_prob=0.0"], shared=()),
+        Row("nested dropout, k ~ U{1..32} rounded up to a power of two (ml-flextok)", "flex_mini_uniform_pow2",
+            ["tokenizer.dropout=nested", "tokenizer.sampling=uniform_pow2", "tokenizer.full_prob=0.0"],
+            shared=()),
     ],
     ours=[*(f"psnr@{k}" for k in FLEX_KS), "psnr_mean_image"],
     paper_columns=[],  # the paper reports rFID against k on ImageNet, not comparable with PSNR on shapes
@@ -341,6 +348,9 @@ TABLES["flextok_k"] = Table(
         _metric_gap("psnr@4", "flex_mini", "flex_mini_nodrop", 2.0),
         _metric_gap(FLEX_FULL, "flex_mini", "flex_mini_nodrop", -1.5),
         _above_mean_image("flex_mini", FLEX_FULL, 3.0),
+        # FlexTok's own sampling modes: the ordered curve is the paper's claim for them too.
+        _never_falls("flex_mini_pow2", FLEX_KS, 0.1),
+        _never_falls("flex_mini_uniform_pow2", FLEX_KS, 0.1),
     ],
     **FLEX_TOKENIZER_ONLY,
 )
