@@ -141,7 +141,7 @@ def unsharded(cfg: DictConfig, module: VistokModule, datamodule, final_stage_dir
 def save_exports(cfg: DictConfig, module: VistokModule, out_dir: Path, meta: dict) -> None:
     """The exported tokenizer (`tokenizer/`) and, when configured, the LLM with its projector (`llm/`)."""
     save_tokenizer(module.tokenizer, OmegaConf.to_container(cfg.tokenizer, resolve=True), out_dir / "tokenizer",
-                   meta)
+                   meta, overwrite=True)  # the run's own export: a rerun replaces it
     if module.llm is not None and cfg.export.llm:
         save_llm(module, _projector_config(cfg, module), out_dir / "llm")
 
