@@ -35,13 +35,14 @@ SHAPES = {  # LLM sizes; rounds of the cached loop against generate, then agains
              "rerun_rounds": 7},
     "paper": {"tokens": 1024, "llm": {"hidden_size": 256, "num_layers": 2, "num_heads": 4}, "rounds": 5,
               "rerun_rounds": 1},
-    "paper_width": {"tokens": 1024, "rounds": 3, "rerun_rounds": 0,
-                    "llm": {"hidden_size": 1536, "intermediate_size": 8960, "num_layers": 1, "num_heads": 12}},
+    "paper_width": {"tokens": 1024, "rounds": 3, "rerun_rounds": 0, "llm": {
+        "hidden_size": 1536, "intermediate_size": 8960, "num_layers": 1, "num_heads": 12}},
 }
 
 
 class Codebook(nn.Module):
-    """What `TextToImage` reads of a tokenizer: N tokens per image, one stream of K codes, their embeddings."""
+    """What `TextToImage` reads of a tokenizer: N tokens per image, one stream of K codes and their
+    embeddings."""
 
     def __init__(self, num_tokens: int, codebook_size: int, embed_dim: int = 16):
         super().__init__()
@@ -80,7 +81,7 @@ def _generate_text(llm, captions: list[str], tokens: int) -> torch.Tensor:
 
 
 def measure_shape(name: str, tokens: int, llm: dict, rounds: int, rerun_rounds: int, batch: int = 2) -> dict:
-    """Tokens/s of the cached loop, the full re-run and `generate` at one shape, timed in interleaved rounds."""
+    """Tokens/s of the cached loop, the full re-run and `generate` at one shape, in interleaved rounds."""
     from vistok.models.llm import build_tiny_llm
 
     scratch = tempfile.mkdtemp(prefix="vistok-bench-llm-")
@@ -129,10 +130,11 @@ def _measure(name: str, llm_dir: str, tokens: int, rounds: int, rerun_rounds: in
 def _report(name: str, result: dict, rounds: int, rerun_rounds: int) -> None:
     shape = (f"{result['tokens']} visual tokens, LLM width {result['hidden_size']} x {result['num_layers']} "
              f"layers, batch {result['batch']}, 1 thread")
-    rates = (f"cached {result['cached_tokens_per_s']:.0f} tok/s, generate {result['generate_tokens_per_s']:.0f} "
-             f"tok/s (medians of {rounds} rounds)")
+    rates = (f"cached {result['cached_tokens_per_s']:.0f} tok/s, "
+             f"generate {result['generate_tokens_per_s']:.0f} tok/s (medians of {rounds} rounds)")
     if rerun_rounds:
-        rates += f", full re-run {result['uncached_tokens_per_s']:.1f} tok/s ({rerun_rounds} rounds)"
+        plural = "s" if rerun_rounds > 1 else ""
+        rates += f", full re-run {result['uncached_tokens_per_s']:.1f} tok/s ({rerun_rounds} round{plural})"
     print(f"generation[{name}]: {shape}: {rates}")
     ratio = result["generate_ratio"]
     line = (f"generation[{name}]: seconds per token, cached over generate: {ratio:.2f} "
