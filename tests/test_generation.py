@@ -153,7 +153,7 @@ def _context_sensitive(*modules: torch.nn.Module) -> None:
                 layer.weight.data = torch.randn(layer.weight.shape, generator=draws) / fan_in**0.5
 
 
-def _generator(arm: str, compose_cfg, tiny_llm_dir, use_cache: bool = True):
+def _generator(arm: str, compose_cfg, tiny_llm_dir):
     from vistok.generation.generator import TextToImage
     from vistok.models.connector import MLPProjector
     from vistok.models.llm import CausalLM
@@ -168,7 +168,7 @@ def _generator(arm: str, compose_cfg, tiny_llm_dir, use_cache: bool = True):
     head = build_visual_head(tokenizer, llm.hidden_size)
     projector = MLPProjector(tokenizer.embed_dim, llm.hidden_size) if llm_input == "embeddings" else None
     _context_sensitive(llm, head, *([projector] if projector is not None else []))
-    return TextToImage(tokenizer, llm, head, projector, llm_input, use_cache=use_cache)
+    return TextToImage(tokenizer, llm, head, projector, llm_input)
 
 
 def _write_recording_logits(generator, captions: list[str], options: SamplingOptions):
