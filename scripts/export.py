@@ -2,8 +2,8 @@
 [--overwrite]`.
 
 vistok: model.safetensors + config.yaml/config.json + meta.json + model card; loads anywhere with
-`vistok.load_tokenizer(OUT_DIR)` (no Lightning, no Hydra app). diffusers: a `diffusers.VQModel` directory (`VQModel.from_pretrained`), for a
-VQ tokenizer built from diffusers blocks with one Euclidean codebook.
+`vistok.load_tokenizer(OUT_DIR)` (no Lightning, no Hydra app). diffusers: a `diffusers.VQModel` directory
+(`VQModel.from_pretrained`), for a VQ tokenizer built from diffusers blocks with one Euclidean codebook.
 
 OUT_DIR must be new (or an empty directory). An earlier export there is replaced, as a whole, only with
 --overwrite; anything else (a directory holding other files, a file, a symlink, the current directory or one

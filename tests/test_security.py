@@ -1,4 +1,4 @@
-"""Exports, run directories and checkpoints from elsewhere are data, never code; no export deletes a user's files.
+"""Exports, run directories and checkpoints from elsewhere are data, not code; exports delete no one's files.
 
 Every hostile file here is written by the test itself: pickles whose unpickling touches a marker file, configs
 whose targets would run a command or overwrite a file. The marker must never appear, the victim file never
@@ -52,7 +52,8 @@ def make_run_dir(run_dir: Path, tokenizer_config: dict | None = None, extra_conf
                  checkpoint_extra: dict | None = None) -> Path:
     """A run directory as train.py leaves it, as far as scripts.export / scripts.generate read it."""
     (run_dir / ".hydra").mkdir(parents=True)
-    config = {"tokenizer": tokenizer_config or CONFIG, "stages": {"tokenizer": {"steps": 1}}, **(extra_config or {})}
+    config = {"tokenizer": tokenizer_config or CONFIG, "stages": {"tokenizer": {"steps": 1}},
+              **(extra_config or {})}
     (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     state = {f"tokenizer.{k}": v for k, v in cpu_state(tiny_tokenizer()).items()}
     ckpt = run_dir / "checkpoints" / "tokenizer" / "last.ckpt"
@@ -190,13 +191,15 @@ def hostile_export(tmp_path: Path, encoder: dict, yaml_encoder: dict | None = No
 
 
 def oc_create_unpickler(tmp_path: Path) -> tuple[Path, Path]:
-    """An export whose encoder is Hydra's instantiate (re-exported under `vistok.`) given an `${oc.create:...}`
-    that builds `torch.load(weights_only=False)` of a pickle touching a marker. In config.yaml the
-    interpolation is escaped, so it survives a resolving read and reaches Hydra as the same string."""
+    """An export whose encoder is Hydra's instantiate (re-exported under `vistok.`) given an
+    `${oc.create:...}` that builds `torch.load(weights_only=False)` of a pickle touching a marker. In
+    config.yaml the interpolation is escaped, so it survives a resolving read and reaches Hydra as the same
+    string."""
     marker = tmp_path / "code-ran"
     bomb = write_pickle_bomb(tmp_path / "bomb.pt", marker)
     payload = f"{{_target_: torch.load, f: '{bomb}', weights_only: false}}"
-    encoder = {"_target_": "vistok.generation.loading.instantiate", "config": {"x": f"${{oc.create:{payload}}}"}}
+    encoder = {"_target_": "vistok.generation.loading.instantiate",
+               "config": {"x": f"${{oc.create:{payload}}}"}}
     escaped = {**encoder, "config": {"x": f"\\${{oc.create:{payload}}}"}}
     return hostile_export(tmp_path, encoder, escaped), marker
 
@@ -232,7 +235,8 @@ def test_an_export_cannot_unpickle_through_an_interpolation(tmp_path, load):
 def test_an_export_cannot_overwrite_a_file(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
-    path = hostile_export(tmp_path, {"_target_": "vistok.export.save_file", "tensors": {}, "filename": str(victim)})
+    writer = {"_target_": "vistok.export.save_file", "tensors": {}, "filename": str(victim)}
+    path = hostile_export(tmp_path, writer)
     for load in (load_tokenizer, load_through_hub):
         with pytest.raises(ValueError, match="refusing to instantiate 'vistok.export.save_file'"):
             load(path)
@@ -249,7 +253,8 @@ def test_hydra_special_keys_are_refused(key):
 
 def test_a_huge_codebook_fails_fast_without_allocating(tmp_path):
     """codebook_size 10**10 would be 320 GB of codebook; the check reads the weights file's header instead.
-    The loads run under an address-space limit, so a build that allocates fails instead of exhausting memory."""
+    The loads run under an address-space limit, so a build that allocates fails instead of exhausting
+    memory."""
     out = save_tokenizer(tiny_tokenizer(), CONFIG, tmp_path / "export")
     huge = {**CONFIG, "quantizer": {**CONFIG["quantizer"], "codebook_size": 10**10}}
     (out / "config.json").write_text(json.dumps({"tokenizer": huge}))
@@ -262,10 +267,11 @@ def test_a_huge_codebook_fails_fast_without_allocating(tmp_path):
             f"        load({str(out)!r})\n"
             "    except ValueError as error:\n"
             "        print('REFUSED', round(time.time() - start, 1), error)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=ROOT)
     refusals = [line for line in result.stdout.splitlines() if line.startswith("REFUSED")]
     assert len(refusals) == 2, result.stdout + result.stderr
-    assert all("does not describe its weights" in line and "10000000000" in line for line in refusals), refusals
+    assert all("does not describe its weights" in r and "10000000000" in r for r in refusals), refusals
     assert all(float(line.split()[1]) < 5 for line in refusals), refusals
 
 
@@ -278,7 +284,7 @@ def test_fsq_sizes_are_bounded_before_it_is_built():
         untrusted.check_sizes(config, {})
 
 
-# ---- 3. a run directory or a checkpoint never runs code -------------------------------------------------------
+# ---- 3. a run directory or a checkpoint never runs code ---------------------------------------------------
 
 
 def test_a_run_directory_config_cannot_run_a_command(tmp_path, capsys):
@@ -293,7 +299,8 @@ def test_a_run_directory_config_resolves_no_resolver(tmp_path, capsys):
     marker = tmp_path / "code-ran"
     bomb = write_pickle_bomb(tmp_path / "bomb.pt", marker)
     payload = f"${{oc.create:{{_target_: torch.load, f: '{bomb}', weights_only: false}}}}"
-    config = {**CONFIG, "encoder": {**CONFIG["encoder"], "base_channels": "${oc.env:HOME}", "ch_mult": payload}}
+    encoder = {**CONFIG["encoder"], "base_channels": "${oc.env:HOME}", "ch_mult": payload}
+    config = {**CONFIG, "encoder": encoder}
     run = make_run_dir(tmp_path / "run", config)
     assert export_script(run, tmp_path / "out") == 2
     assert "only plain references" in capsys.readouterr().err
@@ -301,7 +308,7 @@ def test_a_run_directory_config_resolves_no_resolver(tmp_path, capsys):
 
 
 def test_a_run_directory_plain_references_are_followed(tmp_path):
-    """What train.py writes: `${tokenizer.embed_dim}`, `${.x}` and `${data.resolution}` between its own keys."""
+    """What train.py writes: `${tokenizer.embed_dim}`, `${..x}`, `${data.resolution}` between its own keys."""
     config = {**CONFIG, "resolution": "${data.resolution}",
               "encoder": {**CONFIG["encoder"], "out_dim": "${tokenizer.embed_dim}", "base_channels": 8},
               "quantizer": {**CONFIG["quantizer"], "dim": "${..embed_dim}"}}
@@ -337,7 +344,7 @@ def test_a_weights_only_checkpoint_config_cannot_run_a_command(tmp_path, capsys)
     assert not marker.exists()
 
 
-# ---- the one loader: the allow-list fits what vistok ships, and nothing else builds outside configs -----------
+# ---- the one loader: the allow-list fits what vistok ships, and nothing else builds outside configs -------
 
 
 def shipped_experiments() -> list[str]:
@@ -345,8 +352,8 @@ def shipped_experiments() -> list[str]:
 
 
 def test_every_shipped_tokenizer_and_projector_passes_the_loader():
-    """Each experiment's config, as a run directory holds it (unresolved), reads through the loader to the same
-    tree OmegaConf resolves, and builds on the meta device with its own shapes."""
+    """Each experiment's config, as a run directory holds it (unresolved), reads through the loader to the
+    same tree OmegaConf resolves, and builds on the meta device with its own shapes."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate

@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save_file
 from vistok import untrusted
 
 FORMAT_VERSION = 1
-HUB_CONFIG_KEY = "tokenizer"  # config.json = {"tokenizer": <tree>}: the init kwargs of vistok.hub.HubTokenizer
+# config.json = {"tokenizer": <tree>}: the init kwargs of vistok.hub.HubTokenizer
+HUB_CONFIG_KEY = "tokenizer"
 EXPORT_FILES = frozenset({"model.safetensors", "config.yaml", "config.json", "meta.json", "README.md"})
 EXPORT_EXTRAS = frozenset({"eval"})  # scripts.evaluate writes <export>/eval by default
 
@@ -35,12 +36,12 @@ class ExportDestinationError(ValueError):
 
 
 def check_targets(node: Any, where: str = "tokenizer") -> None:
-    """Only allow-listed vistok classes may be built from an export's config (exports may come from strangers)."""
+    """Only allow-listed vistok classes may be built from an export's config (exports come from anyone)."""
     untrusted.check_config(node, where)
 
 
 def build_from_config(node: Any, **kwargs: Any) -> Any:
-    """Instantiate a checked `_target_` tree (see `vistok.untrusted`). No Hydra: exports load with torch alone."""
+    """Instantiate a checked `_target_` tree (`vistok.untrusted`). No Hydra: exports load with torch alone."""
     return untrusted.build(node, **kwargs)
 
 
@@ -60,7 +61,8 @@ def save_tokenizer(tokenizer: torch.nn.Module, config: DictConfig | dict, out_di
     plain = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
     check_targets(plain)
     state = cpu_state(tokenizer)
-    info = {"format_version": FORMAT_VERSION, "versions": _versions(), "git_commit": _git_commit(), **(meta or {})}
+    info = {"format_version": FORMAT_VERSION, "versions": _versions(), "git_commit": _git_commit(),
+            **(meta or {})}
 
     def write(tmp: Path) -> None:
         save_file(state, str(tmp / "model.safetensors"))
@@ -118,7 +120,8 @@ def check_destination(out_dir: Path, is_ours: Callable[[Path], bool], overwrite:
         raise ExportDestinationError(f"{out_dir} is the current directory or one above it: export to a new "
                                      "directory instead")
     if resolved == Path.home().resolve() or resolved == Path(resolved.anchor):
-        raise ExportDestinationError(f"{out_dir} is the home or root directory: export to a new directory instead")
+        raise ExportDestinationError(f"{out_dir} is the home or root directory: export to a new directory "
+                                     "instead")
     if not out_dir.exists():
         return False
     if not out_dir.is_dir():
@@ -126,8 +129,8 @@ def check_destination(out_dir: Path, is_ours: Callable[[Path], bool], overwrite:
     if not any(out_dir.iterdir()):
         return False
     if not is_ours(out_dir):
-        raise ExportDestinationError(f"{out_dir} exists and is not a vistok export: it was not touched (export to "
-                                     "a new directory)")
+        raise ExportDestinationError(f"{out_dir} exists and is not a vistok export: it was not touched "
+                                     "(export to a new directory)")
     if not overwrite:
         raise ExportDestinationError(f"{out_dir} is an existing export: pass --overwrite (overwrite=True) to "
                                      "replace it")

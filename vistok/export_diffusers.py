@@ -77,8 +77,9 @@ def is_vqmodel_export(path: Path) -> bool:
 
 
 def save_vqmodel(tokenizer: VQTokenizer, out_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Write the VQModel directory under the same rules as `vistok.save_tokenizer`: a new directory, or an
-    earlier VQModel export replaced whole with `overwrite`; the temporary directory never outlives a failure."""
+    """Write the VQModel directory under the rules of `vistok.save_tokenizer`: a new directory, or an
+    earlier VQModel export replaced whole with `overwrite`; the temporary directory never outlives a
+    failure."""
     from vistok.export import check_destination, write_directory
 
     check_destination(Path(out_dir), is_vqmodel_export, overwrite)  # before the conversion's work

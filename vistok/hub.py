@@ -47,11 +47,11 @@ class HubTokenizer(nn.Module, PyTorchModelHubMixin, library_name="vistok", tags=
             model_file = os.path.join(model_id, constants.SAFETENSORS_SINGLE_FILE)
         else:
             model_file = hf_hub_download(repo_id=model_id, filename=constants.SAFETENSORS_SINGLE_FILE,
-                                         revision=revision, cache_dir=cache_dir, force_download=force_download,
-                                         token=token, local_files_only=local_files_only)
+                                         revision=revision, cache_dir=cache_dir, token=token,
+                                         force_download=force_download, local_files_only=local_files_only)
         if not os.path.isfile(model_file):
-            raise FileNotFoundError(f"{model_id} is not a vistok export: {constants.SAFETENSORS_SINGLE_FILE} is "
-                                    "missing")
+            raise FileNotFoundError(f"{model_id} is not a vistok export: "
+                                    f"{constants.SAFETENSORS_SINGLE_FILE} is missing")
         config = model_kwargs.get("tokenizer")
         if not isinstance(config, dict):
             raise ValueError(f"{model_id}: config.json has no 'tokenizer' tree: not a vistok export")
@@ -60,7 +60,8 @@ class HubTokenizer(nn.Module, PyTorchModelHubMixin, library_name="vistok", tags=
 
     @classmethod
     def _load_as_pickle(cls, model: HubTokenizer, model_file: str, map_location: str, strict: bool):
-        raise ValueError(f"refusing {model_file}: vistok exports are safetensors, pickled weights are never read")
+        raise ValueError(f"refusing {model_file}: vistok exports are safetensors; pickled weights are never "
+                         "read")
 
     @classmethod
     def _load_as_safetensor(cls, model: HubTokenizer, model_file: str, map_location: str, strict: bool):

@@ -86,8 +86,8 @@ def check_config(node: Any, where: str = "tokenizer") -> None:
             check_config(value, f"{where}[{i}]")
     elif isinstance(node, str):
         if "${" in node:
-            raise UntrustedConfigError(f"refusing the interpolation {node!r} at {where}: configs from outside "
-                                       "the process are plain values (no ${...}, no resolvers)")
+            raise UntrustedConfigError(f"refusing the interpolation {node!r} at {where}: configs from "
+                                       "outside the process are plain values (no ${...}, no resolvers)")
     elif not isinstance(node, PLAIN_VALUES):
         raise UntrustedConfigError(f"refusing a {type(node).__name__} at {where}: only plain values are read")
 
@@ -99,9 +99,9 @@ def _check_key(node: Mapping, key: Any, where: str) -> None:
         raise UntrustedConfigError(f"refusing '{key}' at {where}: only `_target_` trees of allow-listed "
                                    "classes are built from configs from outside the process")
     if key == "_target_" and not (isinstance(node[key], str) and node[key] in ALLOWED_TARGETS):
-        raise UntrustedConfigError(f"refusing to instantiate '{node[key]}' at {where}: configs from outside the "
-                                   "process may only build vistok's own tokenizer, projector and teacher classes "
-                                   "(vistok.untrusted.ALLOWED_TARGETS)")
+        raise UntrustedConfigError(f"refusing to instantiate '{node[key]}' at {where}: configs from outside "
+                                   "the process may only build vistok's own tokenizer, projector and teacher "
+                                   "classes (vistok.untrusted.ALLOWED_TARGETS)")
 
 
 # ---- a run directory's plain references ---------------------------------------------------------------
@@ -153,8 +153,8 @@ def _lookup(root: Any, target: list, where: list) -> Any:
         found = (isinstance(node, Mapping) and part in node) or (
             isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node))
         if not found:
-            raise UntrustedConfigError(f"the reference at {_dotted(where)} names {_dotted(target)}, which the "
-                                       "config does not have")
+            raise UntrustedConfigError(f"the reference at {_dotted(where)} names {_dotted(target)}, which "
+                                       "the config does not have")
         node = node[part]
     return node
 
@@ -203,12 +203,14 @@ def check_sizes(config: Mapping, expected: Mapping[str, tuple[int, ...]], where:
     unsaved = sum(_nbytes(b) for name, b in meta.named_buffers() if name not in saved)
     allowance = max(UNSAVED_BYTES_ALLOWANCE, sum(_nbytes(t) for t in meta.state_dict().values()))
     if unsaved > allowance:
-        raise UntrustedConfigError(f"{where} would build {unsaved / 2**20:.0f} MiB of buffers that are not "
-                                   f"in its weights (allowed: {allowance / 2**20:.0f} MiB): refusing to build it")
+        raise UntrustedConfigError(f"{where} would build {unsaved / 2**20:.0f} MiB of buffers that are "
+                                   f"not in its weights (allowed: {allowance / 2**20:.0f} MiB): refusing to "
+                                   "build it")
 
 
 def weight_shapes(tensors_or_file: Mapping[str, torch.Tensor] | str | Path) -> dict[str, tuple[int, ...]]:
-    """name -> shape of a state dict, or of a safetensors file read from its header alone (no tensor loaded)."""
+    """name -> shape of a state dict, or of a safetensors file read from its header alone (no tensor is
+    loaded)."""
     if isinstance(tensors_or_file, Mapping):
         return {name: tuple(t.shape) for name, t in tensors_or_file.items()}
     from safetensors import safe_open
@@ -233,7 +235,8 @@ def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def _instantiate(node: Any, extra: Mapping[str, Any], device_for: Callable[[str, Mapping], torch.device]) -> Any:
+def _instantiate(node: Any, extra: Mapping[str, Any],
+                 device_for: Callable[[str, Mapping], torch.device]) -> Any:
     """Build a checked tree bottom-up: children first, then the class at this node."""
     if isinstance(node, list):
         return [_instantiate(v, {}, device_for) for v in node]
@@ -280,6 +283,6 @@ def _meta_device(target: str, kwargs: Mapping) -> torch.device:
     except (KeyError, TypeError, ValueError) as error:
         raise UntrustedConfigError(f"'{target}' has arguments that cannot be sized: {error}") from error
     if count > MAX_CPU_BUILT_ELEMENTS:
-        raise UntrustedConfigError(f"'{target}' would allocate {count:,} elements while it is built (more than "
-                                   f"{MAX_CPU_BUILT_ELEMENTS:,}): refusing to build it")
+        raise UntrustedConfigError(f"'{target}' would allocate {count:,} elements while it is built (more "
+                                   f"than {MAX_CPU_BUILT_ELEMENTS:,}): refusing to build it")
     return torch.device("cpu")

@@ -38,7 +38,8 @@ def load_generator(source: str | Path) -> TextToImage:
         raise ValueError(f"{ckpt} has no visual head: the run did not train generation (module.generation=true)")
     module_cfg = config.get("module") or {}
     tokenizer_state = _part(state, "tokenizer.")
-    tokenizer = untrusted.build(config["tokenizer"], f"{ckpt} tokenizer", untrusted.weight_shapes(tokenizer_state))
+    tokenizer = untrusted.build(config["tokenizer"], f"{ckpt} tokenizer",
+                                untrusted.weight_shapes(tokenizer_state))
     tokenizer.load_state_dict(tokenizer_state)
     llm = CausalLM(str(config["llm"]["path"]), dtype=str(config["llm"].get("dtype", "float32")))
     llm_input = module_cfg.get("llm_input", "embeddings")
@@ -48,7 +49,8 @@ def load_generator(source: str | Path) -> TextToImage:
     projector = None
     if llm_input == "embeddings":
         projector_state = _part(state, "projector.")
-        projector = untrusted.build(config["projector"], f"{ckpt} projector", untrusted.weight_shapes(projector_state),
+        projector = untrusted.build(config["projector"], f"{ckpt} projector",
+                                    untrusted.weight_shapes(projector_state),
                                     in_dim=tokenizer.embed_dim, out_dim=llm.hidden_size)
         projector.load_state_dict(projector_state)
     head = build_visual_head(tokenizer, llm.hidden_size)

@@ -29,7 +29,8 @@ class HFVisionTeacher(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True, trust_remote_code=False)
+        model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True,
+                                          trust_remote_code=False)
         self.model = getattr(model, "vision_model", model)  # CLIP / SigLIP: the image tower
         config = getattr(model.config, "vision_config", model.config)
         self.image_size = int(getattr(config, "image_size", 224))

@@ -87,7 +87,8 @@ def export_run(path: str | Path, out_dir: str | Path, fmt: str = "vistok", overw
 
             out = save_vqmodel(tokenizer, out_dir, overwrite=overwrite)
         else:
-            out = save_tokenizer(tokenizer, config, out_dir, _export_meta(ckpt, run_dir, info), overwrite=overwrite)
+            meta = _export_meta(ckpt, run_dir, info)
+            out = save_tokenizer(tokenizer, config, out_dir, meta, overwrite=overwrite)
         progress.update()
     return out
 
