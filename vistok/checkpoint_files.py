@@ -1,0 +1,50 @@
+"""Read Lightning checkpoints, single files and FSDP2 directories alike, without Lightning or unpickling.
+
+A checkpoint of an FSDP2 run is a directory (`.metadata`, one `__<rank>_0.distcp` per rank and Lightning's
+`meta.pt`); `load_checkpoint` returns both kinds as one dict. Kept apart from vistok/training/sharding.py
+(which needs Lightning) so that `scripts.export` and `load_generator` run where only torch is installed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+META_FILENAME = "meta.pt"  # Lightning's name for the trainer state inside a distributed checkpoint
+
+
+def is_distributed_checkpoint(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / ".metadata").is_file()
+
+
+def _read_distributed(path: Path) -> dict:
+    """Model weights and optimiser states of a distributed checkpoint, as plain tensors."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory(prefix="vistok-dcp-") as tmp:
+        out = Path(tmp) / "consolidated.pt"
+        dcp_to_torch_save(path, out)
+        return torch.load(out, map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint as one dict ({"state_dict", "global_step", "vistok", ...}), whether it is a
+    single file or an FSDP2 directory. Loaded with `weights_only=True`: nothing is unpickled."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_file():
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    elif is_distributed_checkpoint(path):
+        tensors = _read_distributed(path)
+        meta = path / META_FILENAME
+        checkpoint = torch.load(meta, map_location="cpu", weights_only=True) if meta.is_file() else {}
+        checkpoint["state_dict"] = tensors["state_dict"]  # optimiser shards are dropped
+    else:
+        raise ValueError(f"{path} is a directory but not a distributed checkpoint (no .metadata inside)")
+    if "state_dict" not in checkpoint:
+        raise ValueError(f"{path} holds no 'state_dict'; is it a Lightning checkpoint?")
+    return checkpoint
