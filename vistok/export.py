@@ -119,7 +119,7 @@ def check_destination(out_dir: Path, is_ours: Callable[[Path], bool], overwrite:
     if resolved == cwd or resolved in cwd.parents:
         raise ExportDestinationError(f"{out_dir} is the current directory or one above it: export to a new "
                                      "directory instead")
-    if resolved == Path.home().resolve() or resolved == Path(resolved.anchor):
+    if resolved in (_home(), Path(resolved.anchor)):
         raise ExportDestinationError(f"{out_dir} is the home or root directory: export to a new directory "
                                      "instead")
     if not out_dir.exists():
@@ -135,6 +135,13 @@ def check_destination(out_dir: Path, is_ours: Callable[[Path], bool], overwrite:
         raise ExportDestinationError(f"{out_dir} is an existing export: pass --overwrite (overwrite=True) to "
                                      "replace it")
     return True
+
+
+def _home() -> Path | None:
+    try:
+        return Path.home().resolve()
+    except RuntimeError:  # no HOME and no passwd entry: there is no home to protect
+        return None
 
 
 def _publish(tmp: Path, out_dir: Path, replacing: bool) -> None:
