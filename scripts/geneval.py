@@ -34,13 +34,18 @@ def dataset_urls(run_dir: Path, cache_dir: str) -> tuple[list[str], list[str], i
     """(train urls, val urls, resolution) of the run's generated dataset."""
     from omegaconf import OmegaConf
 
+    from vistok import untrusted
     from vistok.data.generated import ensure_generated
     from vistok.data.wds import expand_urls
 
-    data = OmegaConf.load(run_dir / ".hydra" / "config.yaml").data
+    # A run directory may come from anyone: the keys read here follow plain references, no resolver
+    # (oc.env ...) runs.
+    keys = ("_target_", "num_train", "num_val", "seed", "resolution", "mark_size", "mark_contrast")
+    raw = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
+    data = untrusted.resolve_references({**raw, "data": {k: raw["data"].get(k) for k in keys}}, "data")
     if "GeneratedDataModule" not in str(data.get("_target_", "")):
         raise ValueError(f"{run_dir} was not trained on the generated dataset (data: {data.get('_target_')})")
-    params = {k: data[k] for k in ("num_train", "num_val", "seed", "resolution", "mark_size", "mark_contrast")}
+    params = {k: data[k] for k in keys[1:]}
     train, val = ensure_generated(os.path.join(cache_dir, "data"), **params, samples_per_shard=100)
     return expand_urls(train), expand_urls(val), int(params["resolution"])
 

@@ -210,3 +210,25 @@ def test_push_to_hub_uploads_the_export_directory_as_is(exported, monkeypatch):
     (path / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
         push_to_hub(path, "someone/tok")
+
+
+def test_scripts_export_runs_without_lightning_or_hydra(exported, tmp_path):
+    """`python -m scripts.export RUN OUT` where only the model's own stack is installed."""
+    tokenizer, _ = exported
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"tokenizer": CONFIG, "stages": {"tok": {}}}))
+    (run_dir / "checkpoints" / "tok").mkdir(parents=True)
+    state = {f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items()}
+    torch.save({"state_dict": state, "global_step": 7}, run_dir / "checkpoints" / "tok" / "last.ckpt")
+    blocked = ("lightning", "pytorch_lightning", "hydra")
+    code = ("import sys, importlib.abc\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            f"        if name.split('.')[0] in {blocked!r}: raise ImportError('not installed: ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from scripts import export\n"
+            f"sys.exit(export.main([{str(run_dir)!r}, {str(tmp_path / 'out')!r}]))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert load_tokenizer(tmp_path / "out").codebook_size == 32

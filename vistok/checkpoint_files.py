@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 META_FILENAME = "meta.pt"  # Lightning's name for the trainer state inside a distributed checkpoint
+CONFIG_KEY = "vistok_config"  # the model-defining config subtrees, stored in every checkpoint
 
 
 def is_distributed_checkpoint(path: str | Path) -> bool:

@@ -10,8 +10,7 @@ from vistok import untrusted
 from vistok.generation.generator import TextToImage
 from vistok.models.visual_head import build_visual_head
 from vistok.training.artifacts import locate
-from vistok.training.checkpointing import CONFIG_KEY
-from vistok.training.sharding import load_checkpoint
+from vistok.checkpoint_files import CONFIG_KEY, load_checkpoint
 
 
 def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

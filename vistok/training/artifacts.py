@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from vistok import untrusted
 from vistok.export import cpu_state, save_tokenizer
-from vistok.training.sharding import is_distributed_checkpoint, load_checkpoint
+from vistok.checkpoint_files import is_distributed_checkpoint, load_checkpoint
 
 
 def locate(path: str | Path) -> tuple[Path, Path]:

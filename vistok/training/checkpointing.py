@@ -23,10 +23,9 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
-from vistok.training.sharding import META_FILENAME, is_distributed_checkpoint, load_checkpoint
+from vistok.checkpoint_files import CONFIG_KEY, META_FILENAME, is_distributed_checkpoint, load_checkpoint
 
 PARTIAL_TAG = ".partial-"  # hidden `.<name>.partial-<pid>` files are saves still in progress (or killed)
-CONFIG_KEY = "vistok_config"  # the model-defining config subtrees, stored in every checkpoint
 COUNTERS_KEY = "vistok_counters"
 MODEL_CONFIG_GROUPS = ("tokenizer", "llm", "projector", "module")
 _SHOWN = 5  # differing tensors listed in an error message
