@@ -35,7 +35,10 @@ FREE_TEXT = [
 # ---- img2dataset-layout shards ---------------------------------------------------------------------------
 
 
-def _jpeg(rng: np.random.Generator, size: int = 40) -> bytes:
+IMAGE_SIZE = 96  # larger than the mini experiments' 32 px: the experiment's resolution applies
+
+
+def _jpeg(rng: np.random.Generator, size: int = IMAGE_SIZE) -> bytes:
     pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG")
@@ -62,7 +65,7 @@ def write_img2dataset_shards(out: Path, num_shards: int = 2, per_shard: int = 12
                 key = f"{shard:05d}{row:04d}"
                 caption = FREE_TEXT[(shard * per_shard + row) % len(FREE_TEXT)]
                 meta = {"key": key, "status": "success", "caption": caption, "error_message": None,
-                        "url": f"http://localhost/{key}.jpg", "width": 40, "height": 40}
+                        "url": f"http://localhost/{key}.jpg", "width": IMAGE_SIZE, "height": IMAGE_SIZE}
                 _add(tar, f"{key}.jpg", _jpeg(rng))
                 _add(tar, f"{key}.txt", caption.encode())
                 _add(tar, f"{key}.json", json.dumps(meta).encode())
@@ -275,11 +278,28 @@ def test_debug_tiny_caption_run_keeps_sample_captions_on_free_text(tmp_path, img
     samples = json.loads((run / "sample_captions.json").read_text())
     stages = ["tokenizer", "align", "ett", "post"]
     assert list(samples) == stages
+    summary = _wandb_summary(run)
     for stage in stages:
         assert len(samples[stage]) == 3
         assert all(s["reference"] in FREE_TEXT and isinstance(s["generated"], str) for s in samples[stage])
-        assert (run / "images" / f"captions_{stage}.png").is_file()
+        picture = Image.open(run / "images" / f"captions_{stage}.png")
+        assert picture.height > picture.width // 3 + 16, "the captions are written under the images"
+        table = summary[f"captions/{stage}"]  # wandb: one row per sample (key, image, reference, generated)
+        assert table["_type"] == "table-file" and table["nrows"] == 3 and table["ncols"] == 4
     assert "max_caption_tokens" in result.stdout + result.stderr  # the truncation warning
+    assert json.loads((run / "metrics.json").read_text())["final"]["captions_truncated"] > 0
+
+
+def _wandb_summary(run_dir: Path) -> dict:
+    """The offline wandb run's summary, read with wandb's own reader."""
+    import subprocess
+    import sys
+
+    wandb = Path(sys.executable).with_name("wandb")
+    command = [str(wandb), "leet", "inspect", "--summary", "--json", str(run_dir / "wandb" / "latest-run")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["summary"]
 
 
 def test_the_truncation_count_survives_a_resume():

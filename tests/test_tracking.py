@@ -28,8 +28,9 @@ STEPS_PER_STAGE = 4  # debug=tiny
 def leet(run_dir: Path, *flags: str) -> str:
     """`wandb leet inspect` (wandb's reader of a run's transaction log) on the run's offline wandb run."""
     wandb = Path(sys.executable).with_name("wandb")
-    result = subprocess.run([str(wandb), "leet", "inspect", "--json", *flags, str(run_dir / "wandb" / "latest-run")],
-                            capture_output=True, text=True, timeout=120, env={**os.environ, "WANDB_SILENT": "true"})
+    command = [str(wandb), "leet", "inspect", "--json", *flags, str(run_dir / "wandb" / "latest-run")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "WANDB_SILENT": "true"})
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -11,13 +11,14 @@ is then built on the meta device (shapes only: no memory, no weights, nothing re
   part, and the input-gradient backward of a frozen part the gradient crosses to a trained one upstream;
 - the expected peak memory per GPU, per stage, under DDP and FSDP2: parameters (in the LLM's dtype for
   the LLM, float32 elsewhere), gradients of trained parameters, AdamW's two moments, plus activations:
-  the bytes autograd saves for backward in one sample's forward (measured on the meta device, each storage
-  once, with the LLM's gradient checkpointing as configured, halved for float32 parts under 16-bit mixed
-  precision) times the per-GPU batch. Model FLOPs leave out checkpointing's recomputed forward. FSDP2 shards parameters, gradients
-  and optimiser state over every rank and adds the largest unsharded unit while it is gathered.
+  the bytes autograd saves for backward in one sample's forward (measured on the meta device, each
+  storage once, with the LLM's gradient checkpointing as configured, halved for float32 parts under 16-bit
+  mixed precision) times the per-GPU batch. Model FLOPs leave out checkpointing's recomputed forward.
+  FSDP2 shards parameters, gradients and optimiser state over every rank and adds the largest unsharded
+  unit while it is gathered.
 
-Inputs a run needs but this machine may not have (the LLM directory, `init_from`, data shards) are
-listed, not failures: an LLM config that names its architecture (`llm.expected`) is sized from it.
+Inputs a run needs but this machine may not have (the LLM directory, `init_from`, data shards, a teacher)
+are listed, not failures: an LLM config that names its architecture (`llm.expected`) is sized from it.
 """
 
 from __future__ import annotations

@@ -220,7 +220,8 @@ def _run(cfg: DictConfig) -> dict:
         offset += stage.steps
     if is_zero:
         if trained:  # a re-run that trains nothing leaves metrics.json as the training left it
-            report.finish([s.name for s in stages], data_skipped=module.skipped_samples, nan_skipped=module.nan_skips,
+            report.finish([s.name for s in stages], data_skipped=module.skipped_samples,
+                          nan_skipped=module.nan_skips,
                           captions_truncated=module.captions_truncated if module.llm is not None else None)
         final = None
         if geneval_enabled(cfg, module) and "geneval_accuracy" not in report.final:
