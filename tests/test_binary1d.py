@@ -254,3 +254,17 @@ def test_joint_ett_run_with_the_binary1d_family(tmp_path, cache_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert list(metrics["stages"]) == ["tokenizer", "align", "ett", "post"]
     assert "caption_loss" in metrics["final"] and "bit_entropy" in metrics["final"]
+
+
+def test_a_collapsed_token_position_shows_in_the_minimum_over_positions():
+    from vistok.training.evaluation import BitMetrics
+
+    tok = make().eval()
+    metrics = BitMetrics(tok)
+    bits = torch.randint(0, 2, (64, tok.num_tokens, tok.bits_per_token))
+    bits[:, 3] = 1  # position 3 never varies: it carries nothing about the image
+    metrics.ones += bits.double().sum(0)
+    metrics.scalars[0] += 64
+    result = metrics.compute()
+    assert result["token_bit_entropy/min_position"] == 0.0
+    assert result["token_bit_entropy"] > 0.8  # the mean over positions hides it

@@ -11,7 +11,7 @@ from torch import nn
 
 from vistok import dist
 from vistok.data.generated import SLOTS, parse_caption
-from vistok.eval.bits import bit_counts, bit_entropy
+from vistok.eval.bits import binary_entropy, bit_counts, bit_entropy
 from vistok.eval.recon import psnr_per_image, ssim_per_image
 from vistok.eval.tokens import code_histogram, codebook_stats
 from vistok.training import prefix_eval
@@ -136,7 +136,8 @@ class BitMetrics:
     """Binary-token metrics over an eval set, for tokenizers whose ids are bit strings (`token_bits`).
 
     - `bit_entropy`: mean over the K bits of the entropy (in bits) of each bit's frequency of ones, pooled
-      over token positions and images; `token_bit_entropy`: the same per (token position, bit).
+      over token positions and images; `token_bit_entropy`: the same per (token position, bit);
+      `token_bit_entropy/min_position`: the lowest per-position mean of it (0 = a position that never varies).
     - `psnr_train_mode`: PSNR with the quantizer sampling bits as in training (stochastic quantizers only),
       and `train_eval_psnr_gap` = psnr (thresholded bits) - psnr_train_mode.
     """
@@ -169,7 +170,10 @@ class BitMetrics:
         if not images:
             return {}
         per_token = ones / images  # (N, K) frequency of ones
-        metrics = {"bit_entropy": bit_entropy(per_token.mean(0)), "token_bit_entropy": bit_entropy(per_token)}
+        metrics = {"bit_entropy": bit_entropy(per_token.mean(0)), "token_bit_entropy": bit_entropy(per_token),
+                   # the least informative token position: a collapsed position (constant bits) shows here
+                   # even when the mean over positions looks healthy
+                   "token_bit_entropy/min_position": float(binary_entropy(per_token).mean(1).min())}
         if self.stochastic:
             metrics["psnr_train_mode"] = float(scalars[1]) / images
             metrics["train_eval_psnr_gap"] = (float(scalars[2]) - float(scalars[1])) / images
