@@ -321,3 +321,11 @@ def test_ett_table4_has_a_geneval_column_beside_the_papers():
     assert "| 13.0 ± 0.0 | 60 | 54.8 | 46.9 | 1124.7 | 0.43 |" in lines["ett_mini"]
     assert "| - | 54.8 | 52.6 | 40.9 | 1034 | 0.34 |" in lines["ett_mini_frozen"]  # no generation stage: "-"
     assert lines["ett_mini_index"].endswith("| 0.4 |")
+
+
+@pytest.mark.parametrize("experiment", ["ett_mini_gen", "ett_mini_gen_frozen"])
+def test_mini_generation_stage_keeps_captioning(experiment, compose_cfg):
+    # With the visual-token loss alone the LLM forgot how to caption; the same batch must feed both directions,
+    # and both arms must train the same generation recipe so they stay comparable.
+    gen = compose_cfg([f"experiment={experiment}"]).stages.gen
+    assert gen.caption_weight > 0 and gen.generation_weight > 0
