@@ -34,7 +34,10 @@ SKIES = {  # name -> (zenith, horizon) colours
     "grey overcast sky": ((110, 115, 125), (185, 185, 190)),
 }
 GROUNDS = {"green grass": (70, 130, 50), "yellow sand": (205, 180, 120), "white snow": (230, 235, 242)}
-HOUSE_COLOURS = {"red": (180, 45, 40), "white": (235, 232, 225), "blue": (60, 90, 170), "yellow": (225, 190, 60)}
+HOUSE_COLOURS = {"red": (180, 45, 40), "white": (235, 232, 225), "blue": (60, 90, 170),
+                 "yellow": (225, 190, 60)}
+MOUNTAINS = {"snowy mountains": (95, 100, 120), "blue hills": (80, 110, 150),
+             "rocky mountains": (110, 95, 80)}
 NUMBERS = {1: "a", 2: "two", 3: "three", 4: "four"}
 
 
@@ -54,7 +57,8 @@ class Scene:
 # ---- noise -------------------------------------------------------------------------------------------
 
 
-def fractal_noise(rng: np.random.Generator, height: int, width: int, base: int = 4, octaves: int = 6) -> np.ndarray:
+def fractal_noise(rng: np.random.Generator, height: int, width: int, base: int = 4,
+                  octaves: int = 6) -> np.ndarray:
     """(H, W) float32 in [0, 1]: value noise summed over octaves of doubling frequency, halving amplitude."""
     total = np.zeros((height, width), np.float32)
     norm = 0.0
@@ -169,7 +173,8 @@ def draw_pine(draw: ImageDraw.ImageDraw, x: int, ground_y: int, height: int) -> 
     for tier in range(3):
         half = height // 4 - tier * height // 20
         bottom = ground_y - height // 5 - tier * height // 4
-        draw.polygon([(x - half, bottom), (x + half, bottom), (x, bottom - height // 2)], fill=(25, 85 + 10 * tier, 40))
+        draw.polygon([(x - half, bottom), (x + half, bottom), (x, bottom - height // 2)],
+                     fill=(25, 85 + 10 * tier, 40))
 
 
 def draw_round_tree(draw: ImageDraw.ImageDraw, x: int, ground_y: int, height: int) -> None:
@@ -185,12 +190,12 @@ def draw_round_tree(draw: ImageDraw.ImageDraw, x: int, ground_y: int, height: in
 
 def sample_scene(rng: np.random.Generator) -> Scene:
     ground = str(rng.choice(list(GROUNDS)))
-    mountains = str(rng.choice(["snowy mountains", "blue hills", "rocky mountains"])) if rng.random() < 0.8 else None
+    mountains = str(rng.choice(list(MOUNTAINS))) if rng.random() < 0.8 else None
     houses = [str(rng.choice(list(HOUSE_COLOURS))) for _ in range(int(rng.integers(0, 3)))]
     pines = int(rng.integers(0, 4)) if ground != "yellow sand" else 0
     round_trees = int(rng.integers(0, 3)) if ground == "green grass" else 0
-    return Scene(sky=str(rng.choice(list(SKIES))), ground=ground, mountains=mountains, lake=rng.random() < 0.4,
-                 houses=houses, pines=pines, round_trees=round_trees)
+    return Scene(sky=str(rng.choice(list(SKIES))), ground=ground, mountains=mountains,
+                 lake=rng.random() < 0.4, houses=houses, pines=pines, round_trees=round_trees)
 
 
 def _count(n: int, noun: str) -> str:
@@ -219,11 +224,11 @@ def render(rng: np.random.Generator, scene: Scene, size: int) -> Image.Image:
     horizon = int(size * rng.uniform(0.5, 0.65))
     canvas = draw_sky(rng, scene, size)
     if scene.mountains:
-        colours = {"snowy mountains": (95, 100, 120), "blue hills": (80, 110, 150), "rocky mountains": (110, 95, 80)}
-        far = np.asarray(colours[scene.mountains], np.float32) * 0.6 + np.asarray(SKIES[scene.sky][1]) * 0.4
-        mountain_layer(rng, canvas, horizon, size * 0.3, far, scene.mountains == "snowy mountains")
-        mountain_layer(rng, canvas, horizon, size * 0.18, colours[scene.mountains],
-                       scene.mountains == "snowy mountains")
+        near = np.asarray(MOUNTAINS[scene.mountains], np.float32)
+        far = near * 0.6 + np.asarray(SKIES[scene.sky][1], np.float32) * 0.4  # haze: distance fades to sky
+        snowy = scene.mountains == "snowy mountains"
+        mountain_layer(rng, canvas, horizon, size * 0.3, far, snowy)
+        mountain_layer(rng, canvas, horizon, size * 0.18, near, snowy)
     draw_ground(rng, canvas, scene, horizon)
     if scene.lake:
         draw_lake(rng, canvas, horizon)
@@ -296,7 +301,8 @@ def make_shards(out: Path | str, resolution: int, num_samples: int = 16, per_sha
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--resolution", type=int, required=True)
     parser.add_argument("--num-samples", type=int, default=16)
@@ -305,11 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
     args = parser.parse_args(argv)
     try:
-        paths = make_shards(args.out, args.resolution, args.num_samples, args.per_shard, args.seed, args.quality)
+        paths = make_shards(args.out, args.resolution, args.num_samples, args.per_shard, args.seed,
+                            args.quality)
     except ValueError as error:
         print(f"make_shards: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {args.num_samples} images of {args.resolution} px in {len(paths)} shard(s) under {args.out}")
+    print(f"wrote {args.num_samples} images of {args.resolution} px in {len(paths)} shard(s) "
+          f"under {args.out}")
     return 0
 
 
