@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -103,15 +102,27 @@ def run_measured(args: list[str], run_dir: Path, cache: Path, threads: int = 1,
     start = time.monotonic()
     with open(out_path, "w") as out, open(err_path, "w") as err:
         process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err)
-        try:
-            process.wait(timeout)  # polls without reaping, so wait4 below still sees the child's usage
-        except subprocess.TimeoutExpired:
-            process.kill()
-        _, status, usage = os.wait4(process.pid, 0)
+        status, usage = _reap(process, timeout)
     wall = time.monotonic() - start
     rss_kib = usage.ru_maxrss  # Linux: KiB
-    return Measured(os.waitstatus_to_exitcode(status), out_path.read_text(), err_path.read_text(), wall,
-                    rss_kib / 1024 ** 2)
+    return Measured(status, out_path.read_text(), err_path.read_text(), wall, rss_kib / 1024 ** 2)
+
+
+def _reap(process: subprocess.Popen, timeout: float):
+    """(exit code, resource usage of this child alone). Reaped with wait4 rather than Popen.wait, which
+    would reap it first and lose its usage; killed after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            process.kill()
+            _, status, usage = os.wait4(process.pid, 0)
+            break
+        time.sleep(0.2)
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+    return process.returncode, usage
 
 
 def train_at_paper_shapes(experiment: str, work: Path, cache: Path, compose, threads: int = 1) -> tuple:
@@ -192,7 +203,7 @@ def test_paper_shapes_keep_the_paper_sizes_and_cut_only_depth(experiment, compos
     paper = compose_cfg([f"experiment={experiment}"])
     small = compose_cfg(paper_shape_overrides(experiment, "T", "V", **kept))
     assert small.data.resolution == paper.data.resolution == RESOLUTIONS[experiment]
-    assert small.trainer.accelerator == "cpu" and small.trainer.devices == 1 and small.data.batch_size == 2
+    assert small.trainer.accelerator == "cpu" and small.trainer.devices == 1 and small.data.batch_size == 1
     for key in ("tokenizer.quantizer", "tokenizer.embed_dim", "tokenizer.num_tokens",
                 "tokenizer.encoder.width", "tokenizer.encoder.patch_size", "tokenizer.encoder.base_channels",
                 "tokenizer.encoder.ch_mult"):

@@ -19,8 +19,8 @@ whole override list for `train.py` or `dry_run`:
 
 The LLM's depth is the layer count of the directory `llm_path` points to: `paper_llm_config(layers)` is
 Qwen2.5-1.5B's architecture (`configs/llm/qwen2_5_1_5b.yaml`, `expected`) with fewer layers, for writing one.
-Experiments whose GAN starts late in the paper start it at step 1 here (`gan_start`), so the discriminator's
-step runs within the two steps.
+Experiments whose GAN starts late in the paper (step 20k) start it at once here (`gan_start=0`), so the
+discriminator trains, and holds its memory, within the few steps.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]
-GAN_FROM_STEP_1 = "stages.tokenizer.gan_start=1"
+GAN_FROM_START = "stages.tokenizer.gan_start=0"
 
 
 @dataclass(frozen=True)
@@ -46,15 +46,15 @@ PAPER_SHAPES: dict[str, PaperShapes] = {
     "ett_paper": PaperShapes(("tokenizer.encoder.blocks_per_level=1",), llm=True, init=True),
     "tokenflow_paper": PaperShapes(("tokenizer.encoder.semantic.blocks_per_level=1",
                                     "tokenizer.encoder.pixel.blocks_per_level=1",
-                                    "tokenizer.decoder.pixel.blocks_per_level=1", GAN_FROM_STEP_1),
+                                    "tokenizer.decoder.pixel.blocks_per_level=1", GAN_FROM_START),
                                    teacher=True),
-    "tokenflow_paper_vq": PaperShapes(("tokenizer.encoder.blocks_per_level=1", GAN_FROM_STEP_1)),
+    "tokenflow_paper_vq": PaperShapes(("tokenizer.encoder.blocks_per_level=1", GAN_FROM_START)),
     "flextok_paper": PaperShapes(("tokenizer.encoder.depth=2",)),
     "onedpiece_paper": PaperShapes(("tokenizer.encoder.depth=2",)),
     "instella_paper": PaperShapes(("tokenizer.encoder.depth=2", "tokenizer.encoder.merge_after=1",
                                    "tokenizer.decoder.depth=2", "tokenizer.decoder.split_after=1",
-                                   GAN_FROM_STEP_1)),
-    "instella_paper_vq2d": PaperShapes(("tokenizer.encoder.blocks_per_level=1", GAN_FROM_STEP_1)),
+                                   GAN_FROM_START)),
+    "instella_paper_vq2d": PaperShapes(("tokenizer.encoder.blocks_per_level=1", GAN_FROM_START)),
     "dualtoken_paper": PaperShapes(("tokenizer.encoder.depth=3", "tokenizer.encoder.shortcut_layer=1",
                                     "tokenizer.encoder.pixel_layer=2", "tokenizer.encoder.semantic_layer=3",
                                     "tokenizer.decoder.pixel.blocks_per_level=1"), teacher=True),
