@@ -196,28 +196,35 @@ def test_shards_are_drawn_at_the_requested_resolution_with_captions_naming_the_s
     assert np.abs(np.diff(pixels, axis=1)).mean() > 1.0
 
 
+def test_every_paper_experiment_has_paper_shapes():
+    paper = {path.stem for path in (ROOT / "configs" / "experiment").glob("*_paper*.yaml")}
+    assert paper == set(PAPER_SHAPES) == set(RESOLUTIONS)
+
+
 @pytest.mark.parametrize("experiment", sorted(PAPER_SHAPES))
 def test_paper_shapes_keep_the_paper_sizes_and_cut_only_depth(experiment, compose_cfg, tmp_path):
-    """Composed with placeholder inputs: resolution, codebook and widths are the paper experiment's own."""
-    inputs = {"llm_path": str(tmp_path), "teacher_path": str(tmp_path), "teacher_dim": TEACHER_DIM,
-              "init_from": str(tmp_path)}
+    """Composed with placeholder inputs: resolution, codebook and widths are the paper experiment's own;
+    every depth key is smaller than the paper's."""
     shapes = PAPER_SHAPES[experiment]
+    inputs = {"llm_path": str(tmp_path), "init_from": str(tmp_path), "teacher_path": str(tmp_path),
+              "teacher_dim": TEACHER_DIM}
     wanted = {"llm_path": shapes.llm, "init_from": shapes.init, "teacher_path": shapes.teacher,
               "teacher_dim": shapes.teacher}
-    kept = {k: v for k, v in inputs.items() if wanted[k]}
     paper = compose_cfg([f"experiment={experiment}"])
-    small = compose_cfg(paper_shape_overrides(experiment, "T", "V", **kept))
+    small = compose_cfg(paper_shape_overrides(experiment, "T", "V", **{k: v for k, v in inputs.items()
+                                                                        if wanted[k]}))
     assert small.data.resolution == paper.data.resolution == RESOLUTIONS[experiment]
     assert small.trainer.accelerator == "cpu" and small.trainer.devices == 1 and small.data.batch_size == 1
     for key in ("tokenizer.quantizer", "tokenizer.embed_dim", "tokenizer.num_tokens",
                 "tokenizer.encoder.width", "tokenizer.encoder.patch_size", "tokenizer.encoder.base_channels",
-                "tokenizer.encoder.ch_mult"):
-        paper_value = OmegaConf_select(paper, key)
-        if paper_value is not None:
-            assert OmegaConf_select(small, key) == paper_value, key
+                "tokenizer.encoder.ch_mult", "tokenizer.encoder.semantic.base_channels"):
+        assert _select(small, key) == _select(paper, key), key
+    for override in shapes.depth:
+        key = override.split("=")[0]
+        assert _select(small, key) < _select(paper, key), key
 
 
-def OmegaConf_select(cfg, key):  # noqa: N802 - reads as the OmegaConf call it wraps
+def _select(cfg, key):
     from omegaconf import OmegaConf
 
     value = OmegaConf.select(cfg, key, throw_on_missing=False)
