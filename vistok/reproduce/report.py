@@ -24,7 +24,7 @@ def _cell(mean: float, std: float, metric: str) -> str:
     if math.isnan(mean):  # a metric this row does not measure (e.g. geneval_accuracy without a generation stage)
         return "-"
     if metric.startswith(("attribute", "caption_token", "caption_exact", "codebook_usage", "probe_accuracy",
-                          "geneval_accuracy")):
+                          "geneval_")):
         return f"{100 * mean:.1f} ± {100 * std:.1f}"
     return f"{mean:.2f} ± {std:.2f}"
 

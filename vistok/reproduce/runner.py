@@ -65,7 +65,8 @@ def plan(table: Table, scale: str, seeds: int, out: Path, all_stages: tuple[str,
         base_dir = out / f"seed{seed}" / "base"
         if shared:  # rows that share nothing (e.g. different tokenizers) each train from scratch
             dropped = [f"stages.{s}=null" for s in all_stages if s not in shared]
-            bases.append(Job(base_dir, [*_experiment(None, scale, table), *extra, f"seed={seed}", *dropped], shared))
+            base = [*_experiment(None, scale, table), *extra, f"seed={seed}", *dropped, *table.base_overrides]
+            bases.append(Job(base_dir, base, shared))
         for row in table.rows:
             start, row_shared = [], shared_of(row)
             if row_shared:
