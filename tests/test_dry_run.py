@@ -62,3 +62,23 @@ def test_a_broken_row_is_named_and_the_command_fails(tmp_path, capsys, monkeypat
     out = capsys.readouterr().out
     assert code == 1
     assert "FAILED: broken_row" in out and "codebook_size" in out
+
+
+def test_attention_memory_is_what_fused_kernels_save_not_the_weights():
+    """On the meta device attention runs its math path, which saves the (B, h, L, L) softmax weights; the
+    flash and memory-efficient kernels keep q, k, v, the output and a (B, h, L) log-sum-exp instead, so
+    the estimate counts those (instella_paper, 4,096 patches at 1024 px, was 1.5x its measured peak)."""
+    import torch
+
+    from vistok.reproduce.dry_run import _measure_once
+    from vistok.tokenizers.modules.vit import Attention
+
+    heads, length, width = 4, 1024, 64
+    with torch.device("meta"):
+        attention = Attention(width, heads)
+        x = torch.empty(1, length, width, requires_grad=True)
+    cost = _measure_once(attention, x)
+    weights = heads * length * length * 4  # bytes of the float32 softmax weights
+    assert 0 < cost.saved < weights / 4, cost.saved
+    assert cost.forward >= 4 * length * length * width  # QK^T and PV, 2 FLOPs per multiply-add
+    assert cost.backward >= 2 * cost.forward * 0.9

@@ -329,3 +329,13 @@ def test_mini_generation_stage_keeps_captioning(experiment, compose_cfg):
     # and both arms must train the same generation recipe so they stay comparable.
     gen = compose_cfg([f"experiment={experiment}"]).stages.gen
     assert gen.caption_weight > 0 and gen.generation_weight > 0
+
+
+@pytest.mark.parametrize("head_kind", ["codes", "bits"])
+def test_visual_heads_read_the_states_of_a_16_bit_llm(head_kind):
+    """A bf16 LLM (qwen2_5_1_5b's dtype) hands bf16 hidden states to the float32 head: logits in float32."""
+    from vistok.models.visual_head import BitHead, CodeHead
+
+    head = CodeHead(16, (8, 5)) if head_kind == "codes" else BitHead(16, bits=6, index_bits=6)
+    logits = head(torch.randn(2, 3, 16, dtype=torch.bfloat16))
+    assert logits.dtype == torch.float32 and logits.shape[:2] == (2, 3)

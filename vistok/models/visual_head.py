@@ -39,6 +39,7 @@ class CodeHead(nn.Module):
         self.register_buffer("invalid", invalid, persistent=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden.to(self.proj.weight.dtype)  # a 16-bit LLM's states into the float32 head
         logits = self.proj(hidden).unflatten(-1, (len(self.codebook_sizes), self.vocab))  # (B, L, C, V)
         return logits.masked_fill(self.invalid, float("-inf"))
 
@@ -70,7 +71,7 @@ class BitHead(nn.Module):
         self.proj = nn.Linear(hidden_size, self.bits)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.proj(hidden)  # (B, L, K)
+        return self.proj(hidden.to(self.proj.weight.dtype))  # (B, L, K); a 16-bit LLM's states in float32
 
     def targets(self, tokenizer: nn.Module, indices: torch.Tensor) -> torch.Tensor:
         """The training targets of tokenizer ids (B, N, C): their K bits (B, N, K) as floats in {0, 1}."""

@@ -12,8 +12,9 @@ is then built on the meta device (shapes only: no memory, no weights, nothing re
 - the expected peak memory per GPU, per stage, under DDP and FSDP2: parameters (in the LLM's dtype for
   the LLM, float32 elsewhere), gradients of trained parameters, AdamW's two moments, plus activations:
   the bytes autograd saves for backward in one sample's forward (measured on the meta device, each
-  storage once, with the LLM's gradient checkpointing as configured, halved for float32 parts under 16-bit
-  mixed precision) times the per-GPU batch. Model FLOPs leave out checkpointing's recomputed forward.
+  storage once, attention as the fused GPU kernels save it, with the LLM's gradient checkpointing as
+  configured, halved for float32 parts under 16-bit mixed precision) times the per-GPU batch. Model
+  FLOPs leave out checkpointing's recomputed forward.
   FSDP2 shards parameters, gradients and optimiser state over every rank and adds the largest unsharded
   unit while it is gathered.
 
@@ -217,6 +218,56 @@ def _measure(run, inputs: torch.Tensor, part: torch.nn.Module) -> Cost:
     return cost
 
 
+NATIVE_SDPA = torch.nn.functional.scaled_dot_product_attention
+SDPA_ARGS = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")  # after query, key, value
+
+
+class _FusedAttention(torch.autograd.Function):
+    """Attention as the fused kernels (flash, memory-efficient) run it: forward keeps q, k, v, the output
+    and one float32 log-sum-exp per query row, (B, h, L), for backward, not the (B, h, L, L) softmax
+    weights that the math path (the only one on the meta device) saves. Backward recomputes the weights,
+    as those kernels do; the recompute is not counted as model FLOPs."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, options: dict):
+        with torch.no_grad():
+            out = NATIVE_SDPA(query, key, value, **options)
+        log_sum_exp = query.new_empty(query.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(query, key, value, out, log_sum_exp)
+        ctx.options = options
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        query, key, value, _, _ = ctx.saved_tensors
+        leaves = [t.detach().requires_grad_(True) for t in (query, key, value)]
+        with _disable_current_modes(), torch.enable_grad():  # the FLOP counter does not see the recompute
+            out = NATIVE_SDPA(*leaves, **ctx.options)
+        return (*torch.autograd.grad(out, leaves, grad_out), None)
+
+
+@contextmanager
+def _fused_attention():
+    """Every `F.scaled_dot_product_attention` (the tokenizers' and the Hugging Face LLM's, both looked up at
+    call time; also in gradient checkpointing's recompute) runs as `_FusedAttention` while one sample is
+    measured."""
+    functional = torch.nn.functional
+    
+    def attention(query, key, value, *args, **kwargs):
+        kwargs.update(zip(SDPA_ARGS, args))
+        if not torch.is_grad_enabled():
+            return NATIVE_SDPA(query, key, value, **kwargs)
+        return _FusedAttention.apply(query, key, value, kwargs)
+
+    functional.scaled_dot_product_attention = attention
+    try:
+        yield
+    finally:
+        functional.scaled_dot_product_attention = NATIVE_SDPA
+
+
 def _measure_once(run, inputs: torch.Tensor) -> Cost:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -227,9 +278,9 @@ def _measure_once(run, inputs: torch.Tensor) -> Cost:
         return tensor
 
     with FlopCounterMode(display=False) as forward:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), _fused_attention():
             out = run(inputs)
-    with FlopCounterMode(display=False) as backward:
+    with FlopCounterMode(display=False) as backward, _fused_attention():  # checkpointing recomputes here
         out.float().sum().backward()
     return Cost(forward.get_total_flops(), backward.get_total_flops(), saved=float(sum(saved.values())))
 

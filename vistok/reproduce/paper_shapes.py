@@ -44,6 +44,7 @@ class PaperShapes:
 
 PAPER_SHAPES: dict[str, PaperShapes] = {
     "ett_paper": PaperShapes(("tokenizer.encoder.blocks_per_level=1",), llm=True, init=True),
+    "ett_paper_gen": PaperShapes(("tokenizer.encoder.blocks_per_level=1",), llm=True, init=True),
     "tokenflow_paper": PaperShapes(("tokenizer.encoder.semantic.blocks_per_level=1",
                                     "tokenizer.encoder.pixel.blocks_per_level=1",
                                     "tokenizer.decoder.pixel.blocks_per_level=1", GAN_FROM_START),
