@@ -51,6 +51,19 @@ def test_ett_paper_sizes_follow_the_model(tmp_path):
         assert stage.memory_gib["fsdp2"] < stage.memory_gib["ddp"]
 
 
+def test_a_generation_stage_pays_for_the_visual_head(tmp_path):
+    """ett_paper_gen's post stage trains a head over K = 131,072 codes: its parameters, optimiser state and
+    the (N, K) logits of each sample are in the estimate, beside the same stage without generation."""
+    gen = {p.label: p for p in plans_of("ett_generation", "paper", tmp_path / "gen")}["ett_mini_gen"]
+    plain = {p.label: p for p in plans_of("ett_table5", "paper", tmp_path / "plain")}["ett_mini"]
+    assert gen.params["visual_head"] == 1536 * 131072 + 131072
+    post = {s.name: s for s in gen.stages}["post"]
+    plain_post = {s.name: s for s in plain.stages}["post"]
+    state = gen.params["visual_head"] * 4 * 4 / 1024 ** 3  # float32 weights, gradients, two AdamW moments
+    logits = gen.batch_per_gpu * 1024 * 131072 * 4 / 1024 ** 3
+    assert post.memory_gib["ddp"] - plain_post.memory_gib["ddp"] > state + logits
+
+
 def test_a_broken_row_is_named_and_the_command_fails(tmp_path, capsys, monkeypatch):
     from scripts import reproduce
     from vistok.reproduce import tables

@@ -132,6 +132,7 @@ class MetaModel:
     discriminator: torch.nn.Module | None
     llm_dtype: torch.dtype
     llm_inputs: int  # visual positions the LLM reads (after any pooling)
+    visual_head: torch.nn.Module | None = None  # module.generation: the LLM writes visual tokens
 
 
 def _llm_config(cfg: DictConfig):
@@ -182,13 +183,20 @@ def build_meta(cfg: DictConfig) -> MetaModel:
     # The LLM reads the pooled tokens, or at most the largest TokenFLEX budget.
     budgets = OmegaConf.select(cfg, "module.token_budgets", default=None)
     visual = getattr(projector, "pool_tokens", None) or (max(budgets) if budgets else tokenizer.num_tokens)
-    return MetaModel(tokenizer, llm, projector, discriminator, dtype, int(visual))
+    head = None
+    if llm is not None and OmegaConf.select(cfg, "module.generation", default=False):
+        from vistok.models.visual_head import build_visual_head
+
+        with torch.device("meta"):
+            head = build_visual_head(tokenizer, llm.config.hidden_size)
+    return MetaModel(tokenizer, llm, projector, discriminator, dtype, int(visual), head)
 
 
 def group_parameters(model: MetaModel) -> dict[str, int]:
     tok = model.tokenizer
     parts = {"encoder": tok.encoder, "quantizer": tok.quantizer, "decoder": tok.decoder,
-             "projector": model.projector, "llm": model.llm, "discriminator": model.discriminator}
+             "projector": model.projector, "llm": model.llm, "discriminator": model.discriminator,
+             "visual_head": model.visual_head}
     counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items() if part is not None}
     counts["tokenizer"] = sum(p.numel() for p in tok.parameters())
     return counts
@@ -335,10 +343,31 @@ def part_costs(cfg: DictConfig, model: MetaModel) -> dict[str, Cost]:
         if checkpointing:  # model FLOPs leave out the recomputed forward; memory keeps what checkpointing saves
             model.llm.gradient_checkpointing_disable()
         costs["llm"] = _measure(llm, sequence, model.llm)
+        if model.visual_head is not None:
+            costs["visual_head"] = _head_cost(model, hidden)
         if checkpointing:
             model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             costs["llm"].saved = _measure_once(llm, sequence).saved
     return costs
+
+
+def _head_cost(model: MetaModel, hidden: int) -> Cost:
+    """The visual head and its loss on one sample's visual positions: at K = 131,072 the (N, C, K) logits
+    and their log-softmax are among the largest tensors a generation stage keeps. The loss is written out
+    here (`visual_token_loss` selects positions by value, which the meta device cannot)."""
+    import torch.nn.functional as F
+
+    head = model.visual_head
+    states = torch.empty(1, model.llm_inputs, hidden, device="meta", dtype=model.llm_dtype, requires_grad=True)
+
+    def loss(h):
+        logits = head(h)  # (1, N, C, V) codes or (1, N, K) bits
+        if logits.dim() == 4:
+            targets = torch.zeros(logits.shape[:-1], dtype=torch.long, device="meta")
+            return F.cross_entropy(logits.flatten(0, -2), targets.flatten())
+        return F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
+
+    return _measure(loss, states, head)
 
 
 # ---- per stage ----------------------------------------------------------------------------------------
@@ -366,6 +395,8 @@ def _used_parts(stage, model: MetaModel) -> dict[str, str | None]:
         used["llm"] = TRAIN if "llm" in trained else PASS if upstream else None
     if "discriminator" in trained and model.discriminator is not None:
         used["discriminator"] = TRAIN
+    if model.visual_head is not None and stage.generation_weight > 0:
+        used["visual_head"] = TRAIN if "visual_head" in trained else PASS if "llm" in trained else None
     return used
 
 
@@ -383,7 +414,7 @@ def stage_memory(stage, model: MetaModel, costs: dict[str, Cost], batch: int, wo
     """Expected peak bytes per GPU under DDP and FSDP2 (see the module docstring). `half` scales the float32
     parts' activations: 0.5 under 16-bit mixed precision (autocast keeps their activations in 16 bits)."""
     parts = {"tokenizer": model.tokenizer, "projector": model.projector, "llm": model.llm,
-             "discriminator": model.discriminator}
+             "discriminator": model.discriminator, "visual_head": model.visual_head}
     trained = set(stage.train)
     weights = trained_bytes = 0
     largest_unit = 0
