@@ -298,6 +298,22 @@ def test_ett_mini_gen_tiny_run_then_generate(tmp_path, cache_dir):
     assert Image.open(out).size[0] >= 3 * 128
     assert generate([str(tmp_path / "missing"), "--out", str(out)]) == 2
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["dual", "binary1d", "flex"])
+def test_every_family_generates_and_is_scored(family, tmp_path, cache_dir):
+    """<family>_mini_gen: the family's tokenizer, alignment, both directions, then the mini-GenEval with the
+    classifier's ceiling on this family's reconstructions."""
+    run_dir = tmp_path / "run"
+    result = run_train([f"experiment={family}_mini_gen", "debug=tiny", *TINY_LLM, "geneval.num_images=8"],
+                       run_dir, cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert list(metrics["stages"]) == ["tokenizer", "align", "gen"]
+    final = metrics["final"]
+    assert final["geneval_images"] == 8 and 0 <= final["geneval_recon_accuracy"] <= 1
+    assert "caption_loss" in metrics["stages"]["gen"] and "generation_loss" in final
+
     from scripts.geneval import main as geneval
 
     report = tmp_path / "geneval.json"
@@ -323,7 +339,8 @@ def test_ett_table4_has_a_geneval_column_beside_the_papers():
     assert lines["ett_mini_index"].endswith("| 0.4 |")
 
 
-@pytest.mark.parametrize("experiment", ["ett_mini_gen", "ett_mini_gen_frozen"])
+@pytest.mark.parametrize("experiment", ["ett_mini_gen", "ett_mini_gen_frozen", "dual_mini_gen",
+                                        "binary1d_mini_gen", "flex_mini_gen"])
 def test_mini_generation_stage_keeps_captioning(experiment, compose_cfg):
     # With the visual-token loss alone the LLM forgot how to caption; the same batch must feed both directions,
     # and both arms must train the same generation recipe so they stay comparable.
