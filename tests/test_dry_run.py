@@ -54,9 +54,11 @@ def test_ett_paper_sizes_follow_the_model(tmp_path):
 def test_a_generation_stage_pays_for_the_visual_head(tmp_path):
     """ett_paper_gen's post stage trains a head over K = 131,072 codes: its parameters, optimiser state and
     the (N, K) logits of each sample are in the estimate, beside the same stage without generation."""
-    gen = {p.label: p for p in plans_of("ett_generation", "paper", tmp_path / "gen")}["ett_mini_gen"]
-    plain = {p.label: p for p in plans_of("ett_table5", "paper", tmp_path / "plain")}["ett_mini"]
-    assert gen.params["visual_head"] == 1536 * 131072 + 131072
+    init = f"init_from={tmp_path / 'pretrained.ckpt'}"
+    gen, plain = dry_run([(name, [f"experiment={name}", init], 0, tmp_path / name)
+                          for name in ("ett_paper_gen", "ett_paper")])
+    assert not gen.error and not plain.error, (gen.error, plain.error)
+    assert gen.params["visual_head"] == 1536 * 131072 + 131072 and "visual_head" not in plain.params
     post = {s.name: s for s in gen.stages}["post"]
     plain_post = {s.name: s for s in plain.stages}["post"]
     state = gen.params["visual_head"] * 4 * 4 / 1024 ** 3  # float32 weights, gradients, two AdamW moments
