@@ -262,7 +262,7 @@ def _fused_attention():
     call time; also in gradient checkpointing's recompute) runs as `_FusedAttention` while one sample is
     measured."""
     functional = torch.nn.functional
-    
+
     def attention(query, key, value, *args, **kwargs):
         kwargs.update(zip(SDPA_ARGS, args))
         if not torch.is_grad_enabled():
