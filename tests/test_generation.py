@@ -298,6 +298,13 @@ def test_ett_mini_gen_tiny_run_then_generate(tmp_path, cache_dir):
     assert Image.open(out).size[0] >= 3 * 128
     assert generate([str(tmp_path / "missing"), "--out", str(out)]) == 2
 
+    from scripts.geneval import main as geneval
+
+    report = tmp_path / "geneval.json"
+    assert geneval([str(run_dir), "--num-images", "4", "--cache-dir", str(cache_dir), "--out", str(report)]) == 0
+    again = json.loads(report.read_text())
+    assert again["geneval_images"] == 4 and again["geneval_classifier_accuracy"] == final["geneval_classifier_accuracy"]
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["dual", "binary1d", "flex"])
@@ -313,13 +320,6 @@ def test_every_family_generates_and_is_scored(family, tmp_path, cache_dir):
     final = metrics["final"]
     assert final["geneval_images"] == 8 and 0 <= final["geneval_recon_accuracy"] <= 1
     assert "caption_loss" in metrics["stages"]["gen"] and "generation_loss" in final
-
-    from scripts.geneval import main as geneval
-
-    report = tmp_path / "geneval.json"
-    assert geneval([str(run_dir), "--num-images", "4", "--cache-dir", str(cache_dir), "--out", str(report)]) == 0
-    again = json.loads(report.read_text())
-    assert again["geneval_images"] == 4 and again["geneval_classifier_accuracy"] == final["geneval_classifier_accuracy"]
 
 
 def test_ett_table4_has_a_geneval_column_beside_the_papers():
