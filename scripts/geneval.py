@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from vistok.generation.evaluate import run_geneval
     from vistok.generation.loading import load_generator
     from vistok.generation.sampling import SamplingOptions
-    from vistok.training.artifacts import locate
+    from vistok.checkpoint_files import locate
 
     try:
         options = SamplingOptions(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

@@ -1,4 +1,4 @@
-"""Read Lightning checkpoints, single files and FSDP2 directories alike, without Lightning or unpickling.
+"""Find and read Lightning checkpoints, single files and FSDP2 directories alike, without Lightning or unpickling.
 
 A checkpoint of an FSDP2 run is a directory (`.metadata`, one `__<rank>_0.distcp` per rank and Lightning's
 `meta.pt`); `load_checkpoint` returns both kinds as one dict. Kept apart from vistok/training/sharding.py
@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 META_FILENAME = "meta.pt"  # Lightning's name for the trainer state inside a distributed checkpoint
 CONFIG_KEY = "vistok_config"  # the model-defining config subtrees, stored in every checkpoint
@@ -49,3 +50,22 @@ def load_checkpoint(path: str | Path) -> dict:
     if "state_dict" not in checkpoint:
         raise ValueError(f"{path} holds no 'state_dict'; is it a Lightning checkpoint?")
     return checkpoint
+
+
+def locate(path: str | Path) -> tuple[Path, Path]:
+    """RUN_DIR or a checkpoint inside one (a .ckpt file or an FSDP2 .ckpt directory) -> (checkpoint,
+    run_dir). A run dir gives its last finished stage."""
+    path = Path(path)
+    if path.is_file() or is_distributed_checkpoint(path):
+        run_dir = next((p for p in path.parents if (p / ".hydra" / "config.yaml").is_file()), None)
+        if run_dir is None:
+            raise FileNotFoundError(f"{path} is not inside a vistok run directory (no .hydra/config.yaml above it)")
+        return path, run_dir
+    if not (path / ".hydra" / "config.yaml").is_file():
+        raise FileNotFoundError(f"{path} is neither a checkpoint nor a vistok run directory")
+    stages = list(OmegaConf.load(path / ".hydra" / "config.yaml").stages or {})
+    for stage in reversed(stages):
+        ckpt = path / "checkpoints" / stage / "last.ckpt"
+        if ckpt.is_file() or is_distributed_checkpoint(ckpt):
+            return ckpt, path
+    raise FileNotFoundError(f"no checkpoints/<stage>/last.ckpt in {path} (stages: {stages})")

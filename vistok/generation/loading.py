@@ -9,8 +9,7 @@ import torch
 from vistok import untrusted
 from vistok.generation.generator import TextToImage
 from vistok.models.visual_head import build_visual_head
-from vistok.training.artifacts import locate
-from vistok.checkpoint_files import CONFIG_KEY, load_checkpoint
+from vistok.checkpoint_files import CONFIG_KEY, load_checkpoint, locate
 
 
 def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -9,26 +9,7 @@ from omegaconf import OmegaConf
 
 from vistok import untrusted
 from vistok.export import cpu_state, save_tokenizer
-from vistok.checkpoint_files import is_distributed_checkpoint, load_checkpoint
-
-
-def locate(path: str | Path) -> tuple[Path, Path]:
-    """RUN_DIR or a checkpoint inside one (a .ckpt file or an FSDP2 .ckpt directory) -> (checkpoint,
-    run_dir). A run dir gives its last finished stage."""
-    path = Path(path)
-    if path.is_file() or is_distributed_checkpoint(path):
-        run_dir = next((p for p in path.parents if (p / ".hydra" / "config.yaml").is_file()), None)
-        if run_dir is None:
-            raise FileNotFoundError(f"{path} is not inside a vistok run directory (no .hydra/config.yaml above it)")
-        return path, run_dir
-    if not (path / ".hydra" / "config.yaml").is_file():
-        raise FileNotFoundError(f"{path} is neither a checkpoint nor a vistok run directory")
-    stages = list(OmegaConf.load(path / ".hydra" / "config.yaml").stages or {})
-    for stage in reversed(stages):
-        ckpt = path / "checkpoints" / stage / "last.ckpt"
-        if ckpt.is_file() or is_distributed_checkpoint(ckpt):
-            return ckpt, path
-    raise FileNotFoundError(f"no checkpoints/<stage>/last.ckpt in {path} (stages: {stages})")
+from vistok.checkpoint_files import load_checkpoint, locate
 
 
 def read_run_config(run_dir: Path, key: str) -> dict:
