@@ -265,36 +265,38 @@ def test_flow_decoder_trains_by_flow_matching_and_samples_with_euler_steps():
 
 
 def test_visual_inputs_take_a_prefix_of_ordered_tokens_and_pool_a_grid():
-    """TokenFLEX budgets in the joint module: flex tokenizers give a prefix, 2-D grids are pooled."""
+    """TokenFLEX budgets in the joint model: flex tokenizers give a prefix, 2-D grids are pooled."""
     from types import SimpleNamespace
 
-    from vistok.training.module import VistokModule
+    from vistok.models.visual_input import ProjectedEmbeddings
 
     proj = SwiGLUProjector(D, 24)
     emb = torch.randn(2, 64, D)
     out = SimpleNamespace(embeddings=emb, indices=torch.zeros(2, 64, 1, dtype=torch.long))
-    flex = SimpleNamespace(llm_input="embeddings", projector=proj, tokenizer=SimpleNamespace(ordered=True))
-    grid = SimpleNamespace(llm_input="embeddings", projector=proj, tokenizer=SimpleNamespace())
-    assert torch.equal(VistokModule.visual_inputs(flex, out, 16), proj(emb[:, :16]))
-    assert torch.equal(VistokModule.visual_inputs(grid, out, 16), proj(emb, num_tokens=16))
-    assert VistokModule.visual_inputs(grid, out, None).shape == (2, 64, 24)
+    flex = SimpleNamespace(projector=proj, tokenizer=SimpleNamespace(ordered=True))
+    grid = SimpleNamespace(projector=proj, tokenizer=SimpleNamespace(ordered=False))
+    adapter = ProjectedEmbeddings()
+    assert torch.equal(adapter.from_output(flex, out, 16), proj(emb[:, :16]))
+    assert torch.equal(adapter.from_output(grid, out, 16), proj(emb, num_tokens=16))
+    assert adapter.from_output(grid, out, None).shape == (2, 64, 24)
 
 
 def test_budget_misconfigurations_fail_at_construction():
     from types import SimpleNamespace
 
     from vistok.models.connector import MLPProjector
-    from vistok.training.budgets import check_budgets
+    from vistok.models.visual_input import CodeRows, ProjectedEmbeddings
 
-    flex, grid = SimpleNamespace(ordered=True, num_tokens=32), SimpleNamespace()
-    check_budgets([8, 32], flex, None, "indices")
-    check_budgets([4, 64], grid, SwiGLUProjector(D, 8), "embeddings")
+    flex = SimpleNamespace(ordered=True, num_tokens=32)
+    grid = SimpleNamespace(ordered=False, num_tokens=64)
+    CodeRows().check_budgets(SimpleNamespace(tokenizer=flex, projector=None), [8, 32])
+    ProjectedEmbeddings().check_budgets(SimpleNamespace(tokenizer=grid, projector=SwiGLUProjector(D, 8)), [4, 64])
     with pytest.raises(ValueError, match="exceed"):
-        check_budgets([64], flex, None, "embeddings")
+        ProjectedEmbeddings().check_budgets(SimpleNamespace(tokenizer=flex, projector=MLPProjector(D, 8)), [64])
     with pytest.raises(ValueError, match="pooling projector"):
-        check_budgets([4], grid, MLPProjector(D, 8), "embeddings")
+        ProjectedEmbeddings().check_budgets(SimpleNamespace(tokenizer=grid, projector=MLPProjector(D, 8)), [4])
     with pytest.raises(ValueError, match="llm_input"):
-        check_budgets([4], grid, SwiGLUProjector(D, 8), "indices")
+        CodeRows().check_budgets(SimpleNamespace(tokenizer=grid, projector=None), [4])
 
 
 def test_onedpiece_paper_uses_the_papers_quantizer(compose_cfg):

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from tests.conftest import run_train
 from vistok.generation.sampling import SamplingOptions, filter_top_k, filter_top_p, sample_codes
-from vistok.generation.sequence import align_targets, build_sequence, drop_captions
+from vistok.models.sequence import align_targets, build_sequence, drop_captions
 from vistok.losses.generation import visual_token_loss
 
 TINY_LLM = ["llm.build.hidden_size=32", "llm.build.num_layers=1", "llm.build.num_heads=2"]
@@ -109,14 +109,15 @@ def test_sampling_writes_valid_codes_for_each_family(family, compose_cfg, tiny_l
     from vistok.generation.generator import TextToImage
     from vistok.models.connector import MLPProjector
     from vistok.models.llm import CausalLM
-    from vistok.models.visual_head import BitHead, build_visual_head
+    from vistok.models.unified import UnifiedModel
+    from vistok.models.visual_head import BitHead
 
     torch.manual_seed(0)
     tokenizer = instantiate(compose_cfg(FAMILIES[family]).tokenizer).eval()
     llm = CausalLM(tiny_llm_dir)
-    head = build_visual_head(tokenizer, llm.hidden_size)
-    assert isinstance(head, BitHead) == (family == "binary1d")
-    generator = TextToImage(tokenizer, llm, head, MLPProjector(tokenizer.embed_dim, llm.hidden_size))
+    model = UnifiedModel(tokenizer, llm, MLPProjector(tokenizer.embed_dim, llm.hidden_size), generation=True)
+    assert isinstance(model.visual_head, BitHead) == (family == "binary1d")
+    generator = TextToImage(model)
     captions = ["a small red circle at left with blue mark", ""]
     options = SamplingOptions(temperature=1.5, top_k=5, top_p=0.9, guidance_scale=2.0, seed=1)
     result = generator.generate(captions, options, progress=False)
@@ -157,18 +158,18 @@ def _generator(arm: str, compose_cfg, tiny_llm_dir):
     from vistok.generation.generator import TextToImage
     from vistok.models.connector import MLPProjector
     from vistok.models.llm import CausalLM
-    from vistok.models.visual_head import build_visual_head
+    from vistok.models.unified import UnifiedModel
+    from vistok.models.visual_input import adapter_from_config
 
     overrides, llm_input = CACHE_ARMS[arm]
     torch.manual_seed(0)
     tokenizer = instantiate(compose_cfg(overrides).tokenizer).eval()
     llm = CausalLM(tiny_llm_dir)
-    if llm_input == "indices":
-        llm.add_visual_vocab(tokenizer.codebook_size)
-    head = build_visual_head(tokenizer, llm.hidden_size)
-    projector = MLPProjector(tokenizer.embed_dim, llm.hidden_size) if llm_input == "embeddings" else None
-    _context_sensitive(llm, head, *([projector] if projector is not None else []))
-    return TextToImage(tokenizer, llm, head, projector, llm_input)
+    adapter = adapter_from_config(llm_input)
+    projector = MLPProjector(tokenizer.embed_dim, llm.hidden_size) if adapter.needs_projector else None
+    model = UnifiedModel(tokenizer, llm, projector, adapter, generation=True)
+    _context_sensitive(llm, model.visual_head, *([projector] if projector is not None else []))
+    return TextToImage(model)
 
 
 def _write_recording_logits(generator, captions: list[str], options: SamplingOptions):
@@ -223,7 +224,7 @@ def test_cached_decoding_feeds_only_the_newest_token(compose_cfg, tiny_llm_dir):
     generator.llm.model.base_model.forward = counting_forward
     captions = ["a small red circle at left with blue mark", ""]
     generator.sample_indices(captions, SamplingOptions(temperature=0, guidance_scale=2.0), progress=False)
-    prompt_length = generator.llm.tokenize_prompts(captions, generator.max_caption_tokens)[0].shape[1]
+    prompt_length = generator.llm.tokenize_prompts(captions, generator.model.max_caption_tokens)[0].shape[1]
     assert lengths == [prompt_length] + [1] * (generator.tokenizer.num_tokens - 1)  # guidance in the same calls
 
 

@@ -74,7 +74,7 @@ def test_caption_loss_reaches_encoder_and_codebook_path(ett_parts):
     module.train()
     batch = next(iter(datamodule.val_dataloader()))
     out = module.tokenizer.encode(batch["image"][:4])
-    module.caption_forward(out, batch["caption"][:4]).loss.backward()
+    module.model.caption_loss(out, batch["caption"][:4]).loss.backward()
     grad = module.tokenizer.encoder.net[0].weight.grad
     assert grad is not None and grad.abs().sum() > 0
     assert module.tokenizer.decoder.net[0].weight.grad is None  # no reconstruction term at alpha=0

@@ -137,21 +137,32 @@ def check_stages(cfg: DictConfig) -> None:
                                   "needs a learning rate > 0 (leave a group out of 'train' to freeze it)")
 
 
+def _llm_input(cfg: DictConfig) -> type:
+    """The visual-input adapter class `llm_input._target_` names (imported, not built)."""
+    from hydra.utils import get_class
+
+    target = OmegaConf.select(cfg, "llm_input._target_")
+    if target is None:
+        raise ConfigError("llm_input is not set: choose how the LLM reads visual tokens (llm_input=embeddings "
+                          "or llm_input=indices)")
+    return get_class(target)
+
+
 def check_connections(cfg: DictConfig) -> None:
     """The tokenizer's tokens must fit the LLM: a projector where one is needed, pooling that the token
     count allows, and a visual + caption sequence within the LLM's positions. Built on the meta device:
     shapes only, no memory, no weights."""
     if cfg.get("llm") is None:
         return
-    llm_input = OmegaConf.select(cfg, "module.llm_input", default="embeddings")
-    if llm_input == "embeddings" and cfg.get("projector") is None:
-        raise ConfigError("module.llm_input=embeddings feeds codebook embeddings through a projector, but "
-                          "projector is null; choose one (projector=mlp) or use module.llm_input=indices")
+    reads_embeddings = _llm_input(cfg).needs_projector
+    if reads_embeddings and cfg.get("projector") is None:
+        raise ConfigError("llm_input=embeddings feeds codebook embeddings through a projector, but "
+                          "projector is null; choose one (projector=mlp) or use llm_input=indices")
     num_tokens = _tokenizer_num_tokens(cfg)
     if num_tokens is None:
         return
     visual = num_tokens
-    pool = OmegaConf.select(cfg, "projector.pool_tokens", default=None) if llm_input == "embeddings" else None
+    pool = OmegaConf.select(cfg, "projector.pool_tokens", default=None) if reads_embeddings else None
     if pool is not None:
         if pool > num_tokens:
             resolution = OmegaConf.select(cfg, "data.resolution")

@@ -64,12 +64,12 @@ def _text_to_image(llm_dir: str, tokens: int):
     from vistok.generation.generator import TextToImage
     from vistok.models.connector import MLPProjector
     from vistok.models.llm import CausalLM
-    from vistok.models.visual_head import CodeHead
+    from vistok.models.unified import UnifiedModel
 
     llm = CausalLM(llm_dir)
     codebook = Codebook(tokens, llm.model.get_input_embeddings().num_embeddings)
-    head = CodeHead(llm.hidden_size, codebook.codebook_sizes)
-    return TextToImage(codebook, llm, head, MLPProjector(codebook.embed_dim, llm.hidden_size))
+    model = UnifiedModel(codebook, llm, MLPProjector(codebook.embed_dim, llm.hidden_size), generation=True)
+    return TextToImage(model)
 
 
 def _generate_text(llm, captions: list[str], tokens: int) -> torch.Tensor:

@@ -66,7 +66,7 @@ def _bare_seconds(module, batch, steps: int, device: torch.device, skip: int = 3
         out = module.tokenizer.encode(images)
         recon = module.tokenizer.decode(out.embeddings, out.mask)
         tok_loss, _ = module.loss(images, recon, out.losses, None)
-        caption = module.caption_forward(out, captions)
+        caption = module.model.caption_loss(out, captions)
         total = stage.alpha * tok_loss + stage.caption_weight * caption.loss
         optimizer.zero_grad(set_to_none=True)
         total.backward()

@@ -10,7 +10,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vistok.generation.sampling import SamplingOptions, guide, sample_bits, sample_codes
-from vistok.generation.sequence import build_sequence
+from vistok.models.sequence import build_sequence
+from vistok.models.unified import UnifiedModel
 
 
 @dataclass
@@ -46,37 +47,18 @@ class TextToImage:
     """Autoregressive text-to-image with a unified tokenizer.
 
     Args:
-        tokenizer: the `Tokenizer` whose codes the LLM writes (its decoder makes the pixels).
-        llm: the `CausalLM`.
-        visual_head: the LLM's visual output head (`vistok.models.visual_head`).
-        projector: codebook embeddings -> LLM inputs (llm_input="embeddings"); None for llm_input="indices".
-        llm_input: "embeddings" or "indices", as the model was trained.
-        max_caption_tokens: caption length cap, as in training.
+        model: a `UnifiedModel` with a visual head: the LLM writes the tokenizer's codes, fed back through the
+            model's own adapter; the tokenizer's decoder makes the pixels.
         use_cache: write with the LLM's key/value cache: the prompts are read once, then each step feeds only
             the newest visual token (O(N) LLM work for N tokens). False re-runs the whole sequence for every
             token (O(N^2)); it writes the same ids and is kept as the reference the cache is checked against.
     """
 
-    def __init__(self, tokenizer: nn.Module, llm: nn.Module, visual_head: nn.Module, projector: nn.Module | None,
-                 llm_input: str = "embeddings", max_caption_tokens: int = 24, use_cache: bool = True):
-        if llm_input == "embeddings" and projector is None:
-            raise ValueError("llm_input='embeddings' needs a projector")
-        self.tokenizer, self.llm, self.visual_head, self.projector = tokenizer, llm, visual_head, projector
-        self.llm_input, self.max_caption_tokens, self.use_cache = llm_input, max_caption_tokens, use_cache
-
-    @classmethod
-    def from_module(cls, module) -> "TextToImage":
-        """The generator of a trained `VistokModule` (one with `module.generation=true`)."""
-        if getattr(module, "visual_head", None) is None:
-            raise ValueError("this module has no visual head: train it with module.generation=true")
-        return cls(module.tokenizer, module.llm, module.visual_head, module.projector, module.llm_input,
-                   module.max_caption_tokens)
-
-    def visual_embeddings(self, indices: torch.Tensor) -> torch.Tensor:
-        """Tokenizer ids (B, n, C) -> LLM inputs (B, n, H), exactly as training fed them."""
-        if self.llm_input == "indices":
-            return self.llm.embed_visual_ids(indices[..., 0])
-        return self.projector(self.tokenizer.lookup(indices))
+    def __init__(self, model: UnifiedModel, use_cache: bool = True):
+        if model.visual_head is None:
+            raise ValueError("this model has no visual head: train it with module.generation=true")
+        self.model, self.use_cache = model, use_cache
+        self.tokenizer, self.llm, self.visual_head = model.tokenizer, model.llm, model.visual_head
 
     @torch.no_grad()
     def sample_indices(self, captions: list[str], options: SamplingOptions, progress: bool = True) -> torch.Tensor:
@@ -88,12 +70,12 @@ class TextToImage:
         if not captions:
             raise ValueError("no captions to generate from")
         prompts = list(captions) + ([""] * len(captions) if options.guided else [])
-        ids, attention = self.llm.tokenize_prompts(prompts, self.max_caption_tokens)
+        ids, attention = self.llm.tokenize_prompts(prompts, self.model.max_caption_tokens)
         prompt_embeds = self.llm.embed_text(ids)  # (B or 2B, T, H)
         generator = torch.Generator(device=ids.device).manual_seed(options.seed)
         steps = tqdm(range(self.tokenizer.num_tokens), desc="visual tokens", disable=not progress, leave=False)
         write = self._write_cached if self.use_cache else self._write_uncached
-        with eval_mode(self.tokenizer, self.llm, self.visual_head, self.projector):
+        with eval_mode(self.model):
             tokens = write(prompt_embeds, attention, steps, options, generator)
         return torch.stack(tokens, dim=1)
 
@@ -106,7 +88,7 @@ class TextToImage:
         mask, inputs, cache, tokens = attention.long(), prompt_embeds, None, []
         for _ in steps:
             if tokens:
-                inputs = self.visual_embeddings(self._both_branches(tokens[-1][:, None], options))
+                inputs = self.model.visual_embeddings(self._both_branches(tokens[-1][:, None], options))
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             out = decoder(inputs_embeds=inputs.to(dtype), attention_mask=mask, past_key_values=cache,
                           use_cache=True)
@@ -120,7 +102,7 @@ class TextToImage:
         tokens = []
         for _ in steps:
             written = torch.stack(tokens, dim=1) if tokens else None
-            visual = (self.visual_embeddings(self._both_branches(written, options)) if written is not None
+            visual = (self.model.visual_embeddings(self._both_branches(written, options)) if written is not None
                       else prompt_embeds[:, :0])
             sequence = build_sequence(prompt_embeds, attention, visual)
             hidden = self.llm.hidden_states(sequence.inputs_embeds, sequence.attention)[:, -1]

@@ -162,7 +162,7 @@ def _meta_tokenizer(cfg: DictConfig) -> torch.nn.Module:
 
 
 def build_meta(cfg: DictConfig) -> MetaModel:
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
     from transformers import AutoModelForCausalLM
 
     dtype = getattr(torch, str(cfg.llm.dtype)) if cfg.get("llm") else torch.float32
@@ -171,12 +171,13 @@ def build_meta(cfg: DictConfig) -> MetaModel:
         llm = projector = discriminator = None
         if cfg.get("llm"):
             llm = AutoModelForCausalLM.from_config(_llm_config(cfg), dtype=dtype)
-            if cfg.module.llm_input == "indices":  # the discrete-index arm: one new embedding row per code
+            reads_embeddings = get_class(cfg.llm_input._target_).needs_projector
+            if not reads_embeddings:  # the discrete-index arm: one new embedding row per code
                 llm.resize_token_embeddings(llm.get_input_embeddings().num_embeddings
                                             + int(tokenizer.codebook_size), mean_resizing=False)
             if cfg.llm.get("gradient_checkpointing"):
                 llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if cfg.module.llm_input == "embeddings" and cfg.get("projector"):
+            if reads_embeddings and cfg.get("projector"):
                 projector = instantiate(cfg.projector, in_dim=tokenizer.embed_dim, out_dim=llm.config.hidden_size)
         if OmegaConf.select(cfg, "module.discriminator") is not None:
             discriminator = instantiate(cfg.module.discriminator)

@@ -186,7 +186,7 @@ TABLES = {
         name="ett_table4",
         title="ETT Table 4 - what the LLM reads: discrete ids vs codebook embeddings, frozen vs ETT-tuned",
         rows=[
-            Row("discrete index, frozen", "ett_mini_index", ["module.llm_input=indices", "stages.align.train=[llm]",
+            Row("discrete index, frozen", "ett_mini_index", ["llm_input=indices", "stages.align.train=[llm]",
                 "+stages.align.lr.llm=4.0e-5", "stages.ett.train=[llm]", "stages.ett.alpha=0.0",
                 "stages.post.train=[llm]"], shared=("tokenizer",),
                 paper={"SEED-I": 54.8, "GQA": 50.9, "TQA": 40.1, "MME-P": 1028.7, "GenEval": 0.40}),

@@ -35,6 +35,7 @@ class Tokenizer(nn.Module):
     num_tokens: int
     embed_dim: int
     codebook_sizes: tuple[int, ...]
+    ordered = False  # True: the tokens are ordered and any prefix decodes (flex); an LLM may read a prefix
 
     def encode(self, images: torch.Tensor, num_tokens: int | None = None) -> TokenizerOutput:
         raise NotImplementedError

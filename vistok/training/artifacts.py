@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from vistok import untrusted
 from vistok.export import cpu_state, save_tokenizer
 from vistok.checkpoint_files import load_checkpoint, locate
+from vistok.models.unified import UnifiedModel, model_weights
 
 
 def read_run_config(run_dir: Path, key: str) -> dict:
@@ -37,7 +38,7 @@ def tokenizer_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
     `ckpt` is a checkpoint file or an FSDP2 checkpoint directory (consolidated in memory here)."""
     checkpoint = load_checkpoint(ckpt)
-    state = checkpoint["state_dict"]
+    state = model_weights(checkpoint["state_dict"])
     prefix = "ema_tokenizer." if any(k.startswith("ema_tokenizer.") for k in state) else "tokenizer."
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not weights:
@@ -95,7 +96,7 @@ def _export_meta(ckpt: Path, run_dir: Path, info: dict) -> dict:
     return meta
 
 
-def save_llm(module, projector_config: dict | None, out_dir: str | Path) -> Path:
+def save_llm(model: UnifiedModel, projector_config: dict | None, out_dir: str | Path) -> Path:
     """The jointly tuned LLM as a Hugging Face directory (`from_pretrained`) plus the projector beside it.
 
     <out_dir>/                 config.json, model.safetensors, tokenizer files (transformers)
@@ -108,13 +109,13 @@ def save_llm(module, projector_config: dict | None, out_dir: str | Path) -> Path
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    module.llm.model.save_pretrained(str(out_dir))
-    module.llm.tokenizer.save_pretrained(str(out_dir))
-    if module.projector is not None and projector_config is not None:
+    model.llm.model.save_pretrained(str(out_dir))
+    model.llm.tokenizer.save_pretrained(str(out_dir))
+    if model.projector is not None and projector_config is not None:
         (out_dir / "projector").mkdir(parents=True, exist_ok=True)
-        save_file(cpu_state(module.projector), str(out_dir / "projector" / "model.safetensors"))
+        save_file(cpu_state(model.projector), str(out_dir / "projector" / "model.safetensors"))
         OmegaConf.save(OmegaConf.create(projector_config), out_dir / "projector" / "config.yaml")
-    info = {"llm_input": module.llm_input, "visual_offset": getattr(module.llm, "visual_offset", None),
-            "num_visual_tokens": module.tokenizer.num_tokens, "tokenizer": "../tokenizer"}
+    info = {"llm_input": model.llm_input.name, "visual_offset": getattr(model.llm, "visual_offset", None),
+            "num_visual_tokens": model.tokenizer.num_tokens, "tokenizer": "../tokenizer"}
     (out_dir / "vistok.json").write_text(json.dumps(info, indent=2))
     return out_dir

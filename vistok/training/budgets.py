@@ -54,19 +54,3 @@ class BudgetAccuracy:
                 metrics[f"caption_token_accuracy@{budget}"] = correct / tokens
                 metrics[f"caption_loss@{budget}"] = nll / tokens
         return metrics
-
-
-def check_budgets(budgets: list[int], tokenizer, projector, llm_input: str) -> None:
-    """Fail at construction, not mid-run: an ordered tokenizer can give at most N tokens; a 2-D grid needs a
-    projector that pools (`forward(x, num_tokens=...)`, e.g. `SwiGLUProjector`) and embeddings as LLM input."""
-    import inspect
-
-    if getattr(tokenizer, "ordered", False):
-        if max(budgets) > tokenizer.num_tokens:
-            raise ValueError(f"token budgets {budgets} exceed the tokenizer's {tokenizer.num_tokens} tokens")
-        return
-    if llm_input != "embeddings":
-        raise ValueError("token budgets on a 2-D grid tokenizer need llm_input='embeddings' (pooled embeddings)")
-    if projector is None or "num_tokens" not in inspect.signature(projector.forward).parameters:
-        raise ValueError(f"token budgets on a 2-D grid need a pooling projector (projector=swiglu), "
-                         f"got {type(projector).__name__}")

@@ -1,8 +1,9 @@
-"""The LightningModule: a tokenizer, optionally an LLM reading its tokens, trained stage by stage.
+"""The LightningModule: a `UnifiedModel` (tokenizer, optionally an LLM reading its tokens) trained stage by stage.
 
 L = caption_weight * L_caption + generation_weight * L_generation + alpha * L_tokenizer (ETT, arXiv 2505.10562;
 L_generation: the LLM's visual head predicting the tokenizer's codes from a caption, ETT stage 3 "Gen"). Everything that only
-exists for training (loss weights, discriminator, optimisers, schedules) lives here, not in the tokenizer.
+exists for training (loss weights, discriminator, optimisers, schedules) lives here; the model's forward
+passes (visual inputs, caption and generation losses) live in `vistok.models.unified`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ import torch
 from torch import nn
 
 from vistok.eval.streams import StreamMetrics
-from vistok.generation.sequence import align_targets, build_sequence, drop_captions
-from vistok.losses.generation import GenerationLoss, visual_token_loss
 from vistok.losses.gan import LeCAM, hinge_d_loss
 from vistok.losses.recon import TokenizerLoss
 from vistok.models.llm import caption_length_summary
-from vistok.models.visual_head import build_visual_head
-from vistok.tokenizers.base import Tokenizer, TokenizerOutput
-from vistok.training.budgets import TokenBudgetSampler, check_budgets
+from vistok.models.sequence import drop_captions
+from vistok.models.unified import PARTS, UnifiedModel
+from vistok.tokenizers.base import TokenizerOutput
+from vistok.training.budgets import TokenBudgetSampler
 from vistok.training.evaluation import UsageWindow, ValidationAccumulator
 from vistok.training.stages import Stage
 
@@ -33,21 +33,19 @@ log = logging.getLogger(__name__)
 
 
 class VistokModule(L.LightningModule):
-    """Tokenizer (+ projector + causal LM) with stage-controlled freezing and manual optimisation.
+    """A `UnifiedModel` with stage-controlled freezing and manual optimisation.
+
+    Its weights are under `model.` in checkpoints; `tokenizer`, `projector`, `llm` and `visual_head` name the
+    model's parts (also the stage groups).
 
     Args:
-        tokenizer: any `Tokenizer`.
+        model: the `UnifiedModel` (tokenizer, adapter, LLM, visual head); `model.max_caption_tokens` also caps
+            training captions, which are cut and counted (`captions_truncated`, a warning the first time).
         loss: the tokenizer loss (weights of its terms).
         optimizer: a partial optimiser class (`torch.optim.AdamW`, ...) taking param groups.
-        llm: a `vistok.models.llm.CausalLM`, or None for tokenizer-only training.
-        projector: tokenizer embeddings (B, N, D) -> (B, N, hidden); used when llm_input="embeddings".
-        llm_input: "embeddings" (ETT: codebook embeddings through the projector) or "indices"
-            (baseline: code ids as new rows of the LLM's embedding table).
         discriminator: a PatchGAN for the GAN term, or None.
         lecam_weight: weight of the LeCAM regulariser on the discriminator.
         grad_clip: max global grad norm per optimiser (0 = off).
-        max_caption_tokens: caption length cap for the LLM, eos included; longer training captions are cut
-            and counted (`captions_truncated`, a warning the first time).
         usage_window: training steps over which codebook usage is logged.
         num_sample_captions: greedy captions kept per validation pass for inspection.
         nan_policy: "raise" stops at the first non-finite loss (naming the step and the loss terms);
@@ -57,45 +55,34 @@ class VistokModule(L.LightningModule):
         eval_token_budgets: budgets at which validation also scores captions (`caption_token_accuracy@<n>`).
         semantic: a semantic distillation loss (frozen teacher), added to the tokenizer loss; None = off.
         probe: compute the linear probes (`probe_accuracy[/...]`) at validation.
-        generation: add the LLM's visual output head (`visual_head` group), so stages with a
-            `generation_weight` train text-to-image: caption -> the tokenizer's codes.
         caption_dropout: probability that a generation-direction caption is replaced by "" in training
             (the unconditional branch of classifier-free guidance).
     """
 
-    def __init__(self, tokenizer: Tokenizer, loss: TokenizerLoss, optimizer: Callable, llm: nn.Module | None = None,
-                 projector: nn.Module | None = None, llm_input: str = "embeddings",
+    def __init__(self, model: UnifiedModel, loss: TokenizerLoss, optimizer: Callable,
                  discriminator: nn.Module | None = None, lecam_weight: float = 0.0, grad_clip: float = 1.0,
-                 max_caption_tokens: int = 24, usage_window: int = 100, num_sample_captions: int = 8,
-                 nan_policy: str = "raise", max_nan_skips: int = 10, token_budgets: list[int] | None = None,
+                 usage_window: int = 100, num_sample_captions: int = 8, nan_policy: str = "raise",
+                 max_nan_skips: int = 10, token_budgets: list[int] | None = None,
                  budget_probs: list[float] | None = None, eval_token_budgets: list[int] | None = None,
-                 semantic: nn.Module | None = None, probe: bool = False, generation: bool = False,
-                 caption_dropout: float = 0.1):
+                 semantic: nn.Module | None = None, probe: bool = False, caption_dropout: float = 0.1):
         super().__init__()
         self.budgets = None  # TokenFLEX: a budget per training batch, seeded from the run's seed
         if token_budgets:
             self.budgets = TokenBudgetSampler(token_budgets, budget_probs, torch.initial_seed())
         self.eval_token_budgets = [int(n) for n in eval_token_budgets or []]
-        if llm is not None and (token_budgets or eval_token_budgets):
-            check_budgets([*(token_budgets or []), *self.eval_token_budgets], tokenizer, projector, llm_input)
+        model.check_budgets([*(token_budgets or []), *self.eval_token_budgets])
         if nan_policy not in ("raise", "skip"):
             raise ValueError(f"nan_policy must be 'raise' or 'skip', got '{nan_policy}'")
         self.nan_policy, self.max_nan_skips, self.nan_skips = nan_policy, max_nan_skips, 0
-        if llm_input not in ("embeddings", "indices"):
-            raise ValueError(f"llm_input must be 'embeddings' or 'indices', got '{llm_input}'")
-        if llm is not None and llm_input == "embeddings" and projector is None:
-            raise ValueError("llm_input='embeddings' needs a projector")
         self.automatic_optimization = False
-        self.tokenizer, self.loss, self.llm, self.projector = tokenizer, loss, llm, projector
+        self.model, self.loss = model, loss
+        # Checkpoints of earlier versions hold the parts at the top level (`tokenizer.*`): loaded under `model.`.
+        self._register_load_state_dict_pre_hook(_move_parts_under_model)
         self.discriminator = discriminator
         self.semantic, self.probe = semantic, probe
         self.lecam = LeCAM() if discriminator is not None and lecam_weight > 0 else None
         self.optimizer_factory = optimizer
-        self.llm_input, self.lecam_weight, self.grad_clip = llm_input, lecam_weight, grad_clip
-        self.max_caption_tokens, self.num_sample_captions = max_caption_tokens, num_sample_captions
-        if llm is not None and llm_input == "indices":
-            llm.add_visual_vocab(tokenizer.codebook_size)
-        self.visual_head = self._build_visual_head(generation, tokenizer, llm, projector)
+        self.lecam_weight, self.grad_clip, self.num_sample_captions = lecam_weight, grad_clip, num_sample_captions
         if not 0.0 <= caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
         self.caption_dropout = caption_dropout
@@ -105,25 +92,33 @@ class VistokModule(L.LightningModule):
         # Generator steps in this stage. Lightning's global_step counts every optimiser's steps, which
         # would end GAN stages early; stages end on this counter instead (see on_train_batch_end).
         self.stage_step = 0
-        self._usage = UsageWindow(tokenizer.codebook_size, usage_window)  # sparse: 2^K ids for K-bit tokens
+        self._usage = UsageWindow(model.tokenizer.codebook_size, usage_window)  # sparse: 2^K ids for K-bit tokens
         self.skipped_samples = 0
         self.captions_truncated = 0  # training captions cut to max_caption_tokens, each time one is met
         self._truncation_warned = False
         self.val_metrics: dict[str, float] = {}
         self.val_preview: dict = {}
 
-    @staticmethod
-    def _build_visual_head(generation: bool, tokenizer: Tokenizer, llm: nn.Module | None,
-                           projector: nn.Module | None) -> nn.Module | None:
-        """The visual output head when generation is on; generation needs one LLM input per visual token."""
-        if not generation:
-            return None
-        if llm is None:
-            raise ValueError("generation=true needs an llm (the LLM writes the visual tokens)")
-        if getattr(projector, "pool_tokens", None) is not None:
-            raise ValueError(f"generation needs one LLM input per visual token, but the projector pools the "
-                             f"{tokenizer.num_tokens} tokens to {projector.pool_tokens}; set projector.pool_tokens=null")
-        return build_visual_head(tokenizer, llm.hidden_size)
+    # ---- the model's parts (stage groups) ---------------------------------------------------------
+    @property
+    def tokenizer(self) -> nn.Module:
+        return self.model.tokenizer
+
+    @property
+    def llm(self) -> nn.Module | None:
+        return self.model.llm
+
+    @property
+    def projector(self) -> nn.Module | None:
+        return self.model.projector
+
+    @property
+    def visual_head(self) -> nn.Module | None:
+        return self.model.visual_head
+
+    @property
+    def max_caption_tokens(self) -> int:
+        return self.model.max_caption_tokens
 
     # ---- stages -------------------------------------------------------------------------------
     def groups(self) -> dict[str, nn.Module | None]:
@@ -190,40 +185,7 @@ class VistokModule(L.LightningModule):
         schs = self.lr_schedulers()
         return schs if isinstance(schs, list) else [schs]
 
-    # ---- forward pieces -----------------------------------------------------------------------
-    def visual_inputs(self, out: TokenizerOutput, budget: int | None = None) -> torch.Tensor:
-        """Tokenizer output -> LLM input embeddings (B, N', hidden); N' = `budget` tokens when given (TokenFLEX):
-        the first N' of an ordered (flex) tokenizer, else the projector pools the grid to N'."""
-        prefix = budget is not None and getattr(self.tokenizer, "ordered", False)
-        if self.llm_input == "indices":
-            return self.llm.embed_visual_ids(out.indices[:, :budget, 0] if prefix else out.indices[..., 0])
-        if budget is None or prefix:
-            return self.projector(out.embeddings[:, :budget])
-        return self.projector(out.embeddings, num_tokens=budget)
-
-    def caption_forward(self, out: TokenizerOutput, captions: list[str], valid: torch.Tensor | None = None,
-                        budget: int | None = None):
-        """Caption loss; rows with `valid` False (B,) have no labelled tokens (padding rows)."""
-        ids, attention = self.llm.tokenize_captions(captions, self.max_caption_tokens)
-        if valid is not None:
-            attention = attention & valid.to(attention.device)[:, None]
-        return self.llm(self.visual_inputs(out, budget), ids, attention)
-
-    def generation_forward(self, out: TokenizerOutput, captions: list[str],
-                           valid: torch.Tensor | None = None) -> GenerationLoss:
-        """Text-to-image loss: `[<bos> caption][visual tokens]`, the visual head predicting each visual token's
-        codes from the prompt and the tokens before it. Visual inputs come from the codebook embeddings
-        through the projector (or the LLM's visual rows for llm_input=indices), as in understanding.
-        Rows with `valid` (B,) False are not scored (padding rows)."""
-        ids, attention = self.llm.tokenize_prompts(captions, self.max_caption_tokens)
-        sequence = build_sequence(self.llm.embed_text(ids), attention, self.visual_inputs(out))
-        logits = self.visual_head(self.llm.hidden_states(sequence.inputs_embeds, sequence.attention))
-        targets = align_targets(self.visual_head.targets(self.tokenizer, out.indices), sequence.prompt_length)
-        scored = sequence.predicts_visual
-        if valid is not None:
-            scored = scored & valid.to(scored.device)[:, None]
-        return visual_token_loss(logits, targets, scored)
-
+    # ---- captions ---------------------------------------------------------------------------------
     def count_truncated_captions(self, captions: list[str]) -> int:
         """Count the captions longer than `max_caption_tokens` (added to `captions_truncated`); the first
         time any is met, say so: a cut caption scores 0 on exact match whatever the model learns."""
@@ -280,12 +242,12 @@ class VistokModule(L.LightningModule):
             self.count_truncated_captions(batch["caption"])
         if self.llm is not None and stage.caption_weight > 0:
             budget = self.budgets.sample() if self.budgets is not None else None
-            caption = self.caption_forward(out, batch["caption"], budget=budget)
+            caption = self.model.caption_loss(out, batch["caption"], budget=budget)
             total = total + stage.caption_weight * caption.loss
             logs["train/caption_loss"] = caption.loss.detach()
         if self._trains_generation():
             captions = drop_captions(batch["caption"], self.caption_dropout, self._dropout_rng)
-            generation = self.generation_forward(out, captions)
+            generation = self.model.generation_loss(out, captions)
             total = total + stage.generation_weight * generation.loss
             logs["train/generation_loss"] = generation.loss.detach()
             logs["train/generation_accuracy"] = generation.accuracy.detach()
@@ -401,21 +363,21 @@ class VistokModule(L.LightningModule):
             self.val_preview = {"images": images[keep][:8].cpu(), "recon": recon[keep][:8].cpu()}
         if self.llm is None:
             return
-        caption = self.caption_forward(out, batch["caption"], valid)
+        caption = self.model.caption_loss(out, batch["caption"], valid)
         correct, count = self.llm.token_accuracy(caption)
         if count > 0:  # a batch of padding rows only has no caption tokens (and a NaN mean loss)
             self._val.add("caption_tokens", count)
             self._val.add("caption_correct", correct)
             self._val.add("caption_nll", caption.loss.detach() * count)
         if self.visual_head is not None:  # the full batch on every rank (FSDP collectives), padding rows unscored
-            generation = self.generation_forward(out, batch["caption"], valid)
+            generation = self.model.generation_loss(out, batch["caption"], valid)
             self._val.add("generation_count", generation.count)
             self._val.add("generation_correct", generation.correct)
             self._val.add("generation_nll", generation.loss.detach() * generation.count)
         for budget in self.eval_token_budgets:  # TokenFLEX: the same captions at every token budget
-            scored = self.caption_forward(out, batch["caption"], valid, budget=budget)
+            scored = self.model.caption_loss(out, batch["caption"], valid, budget=budget)
             self._val.budget_accuracy.add(budget, *self.llm.token_accuracy(scored), scored.loss.detach())
-        generated = self.llm.generate_captions(self.visual_inputs(out), max_new_tokens=self.max_caption_tokens)
+        generated = self.model.generate_captions(out)
         rows = keep.tolist()
         self._val.add_captions([batch["key"][i] for i in rows], [batch["caption"][i] for i in rows],
                                [generated[i] for i in rows], keep=self.num_sample_captions,
@@ -431,6 +393,13 @@ class VistokModule(L.LightningModule):
             logs.update({f"val/{self.stage.name}/{k}": v for k, v in self.val_metrics.items()})
         logs["step"] = float(self.step_offset + self.stage_step)  # the shared x-axis (see _log_training)
         self.log_dict(logs, sync_dist=False, rank_zero_only=True)
+
+
+def _move_parts_under_model(state_dict: dict, prefix: str, *_) -> None:
+    """Load-state-dict pre-hook: keys `<prefix><part>.*` of a checkpoint from an earlier version (the model's
+    parts at the top level) become `<prefix>model.<part>.*`, in place."""
+    for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0] in PARTS]:
+        state_dict[f"{prefix}model.{key[len(prefix):]}"] = state_dict.pop(key)
 
 
 def _rows(out: TokenizerOutput, keep: torch.Tensor) -> TokenizerOutput:

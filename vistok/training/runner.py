@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from vistok.export import save_tokenizer
+from vistok.models.unified import UnifiedModel
 from vistok.training.artifacts import save_llm
 from vistok.training.checkpointing import (
     AtomicCheckpointIO,
@@ -50,13 +51,28 @@ def build_llm(cfg: DictConfig, datamodule):
     return CausalLM(cfg.path, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing)
 
 
-def build_module(cfg: DictConfig, datamodule) -> VistokModule:
+# module.* keys that configure the unified model rather than its training (the rest are VistokModule's arguments)
+MODEL_KEYS = ("generation", "max_caption_tokens")
+
+
+def build_model(cfg: DictConfig, datamodule) -> UnifiedModel:
+    """The unified model of an experiment: tokenizer, and when `llm` is set the adapter (`llm_input`), the
+    projector it reads through (if it reads embeddings), the LLM and, with `module.generation`, the visual head."""
     tokenizer = instantiate(cfg.tokenizer)
     llm = build_llm(cfg.llm, datamodule) if cfg.get("llm") else None
+    adapter = instantiate(cfg.llm_input) if llm is not None else None
     projector = None
-    if llm is not None and cfg.get("projector") and cfg.module.llm_input == "embeddings":
+    if llm is not None and adapter.needs_projector and cfg.get("projector"):
         projector = instantiate(cfg.projector, in_dim=tokenizer.embed_dim, out_dim=llm.hidden_size)
-    return instantiate(cfg.module, tokenizer=tokenizer, loss=instantiate(cfg.loss), llm=llm, projector=projector)
+    return UnifiedModel(tokenizer, llm, projector, adapter, generation=bool(cfg.module.generation),
+                        max_caption_tokens=int(cfg.module.max_caption_tokens))
+
+
+def build_module(cfg: DictConfig, datamodule) -> VistokModule:
+    module_cfg = OmegaConf.to_container(cfg.module, resolve=True)
+    for key in MODEL_KEYS:
+        module_cfg.pop(key)
+    return instantiate(module_cfg, model=build_model(cfg, datamodule), loss=instantiate(cfg.loss))
 
 
 def _projector_config(cfg: DictConfig, module: VistokModule) -> dict | None:
@@ -127,9 +143,7 @@ def _fit_stage(cfg: DictConfig, module: VistokModule, datamodule, stage: Stage, 
 def unsharded(cfg: DictConfig, module: VistokModule, datamodule, final_stage_dir: Path) -> VistokModule:
     """`module` itself, or after an FSDP2 run (parameters are shards on each rank) a single-process copy
     built from the config and loaded strictly from the final stage's consolidated checkpoint."""
-    from torch.distributed.fsdp import FSDPModule
-
-    if not isinstance(module, FSDPModule):
+    if module.device_mesh is None:  # only FSDP2 (`trainer=fsdp`) gives the module a mesh and shards it
         return module
     consolidated = consolidate_checkpoint(final_stage_dir / "last.ckpt")
     print(f"consolidated the final distributed checkpoint into {consolidated}")
@@ -143,7 +157,7 @@ def save_exports(cfg: DictConfig, module: VistokModule, out_dir: Path, meta: dic
     save_tokenizer(module.tokenizer, OmegaConf.to_container(cfg.tokenizer, resolve=True), out_dir / "tokenizer",
                    meta, overwrite=True)  # the run's own export: a rerun replaces it
     if module.llm is not None and cfg.export.llm:
-        save_llm(module, _projector_config(cfg, module), out_dir / "llm")
+        save_llm(module.model, _projector_config(cfg, module), out_dir / "llm")
 
 
 def geneval_enabled(cfg: DictConfig, module: VistokModule) -> bool:
@@ -163,7 +177,7 @@ def geneval(cfg: DictConfig, module: VistokModule, datamodule, out_dir: Path) ->
     options = SamplingOptions(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
                               guidance_scale=g.guidance_scale, seed=g.seed)
     started = time.time()
-    metrics = run_geneval(TextToImage.from_module(module), datamodule.train_urls, datamodule.val_urls,
+    metrics = run_geneval(TextToImage(module.model), datamodule.train_urls, datamodule.val_urls,
                           datamodule.resolution, Path(cfg.paths.cache_dir) / "geneval", options,
                           num_images=g.num_images, batch_size=g.batch_size, grid_path=out_dir / "images" / "geneval.png",
                           progress=False)
