@@ -242,3 +242,73 @@ def test_swiglu_projector_pooling():
     assert SwiGLUProjector(8, 32, pool_tokens=5)(torch.randn(2, 10, 8)).shape == (2, 5, 32)
     with pytest.raises(ValueError):
         pool_tokens(x, 100)
+
+
+# ---- the unified model ---------------------------------------------------------------------------------------
+
+
+def _unified(llm_dir: str, adapter_name: str, generation: bool = True):
+    from vistok.models.unified import UnifiedModel
+    from vistok.models.visual_input import adapter_from_config
+    from vistok.tokenizers.modules.conv import ConvDecoder, ConvEncoder
+    from vistok.tokenizers.quantizers.vq import VectorQuantizer
+    from vistok.tokenizers.vq import VQTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = VQTokenizer(ConvEncoder(out_dim=8, base_channels=8), VectorQuantizer(dim=8, codebook_size=16),
+                            ConvDecoder(in_dim=8, base_channels=8))
+    llm = CausalLM(llm_dir)
+    adapter = adapter_from_config(adapter_name)
+    projector = MLPProjector(8, llm.hidden_size) if adapter.needs_projector else None
+    return UnifiedModel(tokenizer, llm, projector, adapter, generation=generation).eval()
+
+
+@pytest.mark.parametrize("adapter", ["embeddings", "indices"])
+def test_generation_feeds_written_ids_back_exactly_as_training_read_them(llm_dir, adapter):
+    """Both adapters: the LLM inputs of the ids the tokenizer emitted (`visual_embeddings`, what generation feeds
+    back) equal those of the tokenizer output (`visual_inputs`, what training reads), and both losses run."""
+    model = _unified(llm_dir, adapter)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = model.tokenizer.encode(images)
+    assert torch.allclose(model.visual_embeddings(out.indices), model.visual_inputs(out), atol=1e-6)
+    assert model.visual_inputs(out).shape == (2, model.tokenizer.num_tokens, model.llm.hidden_size)
+    assert torch.isfinite(model.caption_loss(out, ["a red cat", "two dogs"]).loss)
+    generation = model.generation_loss(out, ["a red cat", "two dogs"])
+    assert torch.isfinite(generation.loss) and int(generation.count) == 2 * model.tokenizer.num_tokens
+    if adapter == "indices":  # the codes became new rows of the LLM's table; no projector
+        assert model.projector is None and model.llm.visual_offset is not None
+
+
+def test_the_adapter_comes_from_its_exact_class_name_only():
+    from vistok.models.visual_input import CodeRows, ProjectedEmbeddings, adapter_from_config
+
+    assert isinstance(adapter_from_config({"_target_": "vistok.models.visual_input.CodeRows"}), CodeRows)
+    assert isinstance(adapter_from_config({"_target_": "vistok.models.visual_input.ProjectedEmbeddings"}),
+                      ProjectedEmbeddings)
+    assert isinstance(adapter_from_config("indices"), CodeRows)  # how checkpoints of earlier versions name it
+    for foreign in ({"_target_": "os.system", "command": "touch /tmp/pwned"},
+                    {"_target_": "vistok.models.visual_input.CodeRowsEvil"}, "embeddings; rm -rf /"):
+        with pytest.raises(ValueError, match="unknown visual-input adapter"):
+            adapter_from_config(foreign)
+
+
+def test_a_projector_with_code_rows_or_none_with_embeddings_is_refused(llm_dir):
+    from vistok.models.unified import UnifiedModel
+    from vistok.models.visual_input import CodeRows, ProjectedEmbeddings
+
+    tokenizer = _unified(llm_dir, "embeddings").tokenizer
+    with pytest.raises(ValueError, match="projector"):
+        UnifiedModel(tokenizer, CausalLM(llm_dir), None, ProjectedEmbeddings())
+    with pytest.raises(ValueError, match="projector=null"):
+        UnifiedModel(tokenizer, CausalLM(llm_dir), MLPProjector(8, 32), CodeRows())
+
+
+def test_model_weights_read_both_checkpoint_layouts(llm_dir):
+    from vistok.models.unified import model_weights
+
+    own = _unified(llm_dir, "embeddings").state_dict()
+    current = {f"model.{k}": v for k, v in own.items()} | {"discriminator.w": torch.zeros(1)}
+    earlier = dict(own) | {"discriminator.w": torch.zeros(1)}
+    for layout in (current, earlier):
+        weights = model_weights(layout)
+        assert weights.keys() == own.keys() and all(torch.equal(weights[k], own[k]) for k in own)

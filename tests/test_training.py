@@ -120,3 +120,17 @@ def test_nan_loss_is_caught_before_any_update(compose_cfg, tmp_path):
     with pytest.raises(FloatingPointError, match="more than 3 batches skipped"):
         fit_steps(module, datamodule, Stage("tok", 2, ("tokenizer",), caption_weight=0.0, lr={"tokenizer": 1e-3}),
                   tmp_path)
+
+
+def test_checkpoints_of_the_earlier_layout_load_into_the_module(ett_parts):
+    """Checkpoints written before the unified model keep its parts at the top level (`tokenizer.*`, `llm.*`):
+    they load strictly, every tensor in its place (resume, init_from and finished stages read them)."""
+    cfg, datamodule, module = ett_parts
+    own = module.state_dict()
+    assert own and all(k.startswith(("model.", "loss.", "discriminator.", "semantic.")) for k in own)
+    earlier = {k.removeprefix("model."): v.clone() + 1 for k, v in own.items() if v.is_floating_point()}
+    earlier |= {k.removeprefix("model."): v.clone() for k, v in own.items() if not v.is_floating_point()}
+    fresh = build_module(cfg, datamodule)
+    fresh.load_state_dict(earlier, strict=True)
+    loaded = fresh.state_dict()
+    assert all(torch.equal(loaded[k], v + 1) for k, v in own.items() if v.is_floating_point())
