@@ -146,9 +146,10 @@ def test_shard_config_picks_workers_from_the_machine(compose_cfg):
 
 
 def test_free_text_captions_are_kept_as_samples_without_slot_scores():
+    from vistok.data.schema import generated_captions
     from vistok.training.evaluation import ValidationAccumulator
 
-    acc = ValidationAccumulator(codebook_size=8)
+    acc = ValidationAccumulator(codebook_size=8, schema=generated_captions())
     images = torch.rand(4, 3, 8, 8) * 2 - 1
     acc.add_captions(["k0", "k1", "k2", "k3"], FREE_TEXT[:4], ["a dog", FREE_TEXT[1], "x", ""], keep=3,
                      images=images)
@@ -160,15 +161,30 @@ def test_free_text_captions_are_kept_as_samples_without_slot_scores():
     assert not any(name.startswith("attribute_accuracy") for name in metrics)
 
 
-def test_slot_captions_still_score_attributes():
+def test_slot_captions_score_attributes_only_with_the_datas_schema():
     from vistok.data.generated import caption_from_attributes
+    from vistok.data.schema import generated_captions
     from vistok.training.evaluation import ValidationAccumulator
 
     reference = caption_from_attributes({"size": "large", "colour": "red", "shape": "circle",
                                          "position": "left", "mark": "blue"})
-    acc = ValidationAccumulator(codebook_size=8)
-    acc.add_captions(["k"], [reference], [reference], keep=1)
-    assert acc.compute()["attribute_accuracy"] == 1.0 and len(acc.samples) == 1
+    wrong_mark = reference.replace("blue mark", "red mark")
+    acc = ValidationAccumulator(codebook_size=8, schema=generated_captions())
+    acc.add_captions(["k", "l"], [reference, reference], [reference, wrong_mark], keep=1)
+    metrics = acc.compute()
+    assert metrics["attribute_accuracy/mark"] == 0.5 and metrics["attribute_accuracy/colour"] == 1.0
+    assert metrics["attribute_accuracy"] == 0.9 and len(acc.samples) == 1
+    plain = ValidationAccumulator(codebook_size=8)  # plain shards: no schema, no attribute metrics, no error
+    plain.add_captions(["k"], [reference], [reference], keep=1)
+    assert plain.compute() == {"caption_exact_match": 1.0}
+
+
+def test_the_data_config_gives_the_caption_schema(compose_cfg, img2dataset_shards):
+    from hydra.utils import instantiate
+
+    generated = instantiate(compose_cfg(["experiment=ett_mini"]).data)
+    assert list(generated.caption_schema.slots) == ["size", "colour", "shape", "position", "mark"]
+    assert instantiate(compose_cfg(["experiment=ett_mini", *shard_args(*img2dataset_shards)]).data).caption_schema is None
 
 
 def _text_rows(image: Image.Image, top: int) -> np.ndarray:
@@ -212,6 +228,8 @@ def caption_module(compose_cfg):
     from vistok.training.runner import build_module
 
     class Captions:
+        caption_schema = None
+
         def train_captions(self, limit=None):
             return FREE_TEXT * 4
 
@@ -287,7 +305,10 @@ def test_debug_tiny_caption_run_keeps_sample_captions_on_free_text(tmp_path, img
         table = summary[f"captions/{stage}"]  # wandb: one row per sample (key, image, reference, generated)
         assert table["_type"] == "table-file" and table["nrows"] == 3 and table["ncols"] == 4
     assert "max_caption_tokens" in result.stdout + result.stderr  # the truncation warning
-    assert json.loads((run / "metrics.json").read_text())["final"]["captions_truncated"] > 0
+    final = json.loads((run / "metrics.json").read_text())["final"]
+    assert final["captions_truncated"] > 0
+    # plain shards have no caption schema: exact match, but no attribute metrics
+    assert "caption_exact_match" in final and not any(k.startswith("attribute_accuracy") for k in final)
 
 
 def _wandb_summary(run_dir: Path) -> dict:

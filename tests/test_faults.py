@@ -197,7 +197,7 @@ def test_resume_with_a_different_codebook_size_names_the_key(reference_run, tmp_
     assert result.returncode != 0
     assert "IncompatibleCheckpointError" in result.stderr
     assert "tokenizer.quantizer.codebook_size: 256 -> 128" in result.stderr
-    assert "tokenizer.quantizer.vq._codebook.embed (1, 256, 16) -> (1, 128, 16)" in result.stderr
+    assert "model.tokenizer.quantizer.vq._codebook.embed (1, 256, 16) -> (1, 128, 16)" in result.stderr
     assert "size mismatch" not in result.stderr  # no shape dump from load_state_dict
 
 

@@ -41,7 +41,7 @@ def test_vq_mini_tiny_run_and_export_round_trip(tmp_path, cache_dir):
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     state = torch.load(run_dir / "checkpoints" / "tokenizer" / "last.ckpt", weights_only=False)["state_dict"]
     exported = tokenizer.state_dict()
-    assert all(torch.equal(exported[k], state[f"tokenizer.{k}"]) for k in exported)
+    assert all(torch.equal(exported[k], state[f"model.tokenizer.{k}"]) for k in exported)
     urls = expand_urls(str(next(cache_dir.glob("data/*/val-*.tar")).parent))
     batch = next(iter(make_val_loader([u for u in urls if "/val-" in u], 8, 32, 0, 1, 0)))
     with torch.no_grad():

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 
 from vistok.data.generated import ensure_generated
+from vistok.data.schema import CaptionSchema, generated_captions
 from vistok.data.wds import (
     ShardLoader,
     count_samples,
@@ -48,6 +49,9 @@ class ShardDataModule(L.LightningDataModule):
     `require_captions` (set by the runner for runs with an LLM) counts samples without a caption as
     corrupt; otherwise they are kept with an empty caption.
 
+    `caption_schema` says which attributes the captions name (vistok/data/schema.py), for the metrics that score
+    them; None (plain shards) = free text, no attribute metrics.
+
     `num_workers=None` picks the workers from the visible CPUs (`default_num_workers`). `num_train` caps
     the samples of an epoch and `num_val` the validation samples (the first ones); `debug=tiny` sets both,
     as it sets the size of the generated set, so a smoke run stays seconds long on any data.
@@ -66,6 +70,7 @@ class ShardDataModule(L.LightningDataModule):
         require_captions: bool = False,
         num_train: int | None = None,
         num_val: int | None = None,
+        caption_schema: CaptionSchema | None = None,
     ):
         super().__init__()
         # Only store arguments: Hydra builds this before anything may touch the file system.
@@ -77,6 +82,7 @@ class ShardDataModule(L.LightningDataModule):
         self.num_train, self.num_val = num_train, num_val
         self.seed = seed
         self.require_captions = require_captions
+        self.caption_schema = caption_schema
         self.train_urls: list[str] | None = None
         self.val_urls: list[str] | None = None
 
@@ -179,11 +185,13 @@ class GeneratedDataModule(ShardDataModule):
         val_batch_size: int = 250,
         num_workers: int | None = 0,
         samples_per_shard: int = 100,
+        caption_schema: CaptionSchema | None = None,
     ):
         super().__init__(
             train=None, val=None, resolution=resolution, batch_size=batch_size,
             val_batch_size=val_batch_size, num_workers=num_workers, train_samples=num_train, seed=seed,
             num_train=num_train, num_val=num_val,  # the set is generated at these sizes: caps that cut nothing
+            caption_schema=caption_schema or generated_captions(),
         )
         self.cache_dir = cache_dir
         self.mark_size, self.mark_contrast = mark_size, mark_contrast

@@ -7,43 +7,41 @@ import torch
 from tqdm import tqdm
 
 from vistok.eval.fid import RFID
+from vistok.eval.metrics import ReconstructionMetrics
 from vistok.eval.probe import LinearProbe, ProbeFeatures
-from vistok.eval.recon import psnr_per_image, ssim_per_image
-from vistok.eval.tokens import code_histogram, codebook_stats
 
 
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer, loader, perceptual=None, rfid: RFID | None = None,
                        probe: LinearProbe | None = None, max_batches: int | None = None,
                        device: str | torch.device = "cpu") -> dict[str, float]:
-    """Mean PSNR / SSIM (/ LPIPS) over the loader; codebook usage and perplexity over the whole set;
-    `rfid` and `probe` (when given) see every batch and add their numbers at the end."""
+    """Mean PSNR / SSIM (/ LPIPS) over the loader; codebook usage and perplexity over the whole set (the same
+    `ReconstructionMetrics` as validation); `rfid` and `probe` (when given) see every batch and add their
+    numbers at the end."""
     tokenizer.eval().to(device)
     if perceptual is not None:
         perceptual.to(device)
-    sums = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}
-    images_seen, skipped = 0, 0
-    histogram = torch.zeros(tokenizer.codebook_size, dtype=torch.float64)
+    reconstruction = ReconstructionMetrics(tokenizer.codebook_size)
+    lpips, images_seen, skipped = 0.0, 0, 0
     for i, batch in enumerate(tqdm(loader, desc="evaluate", unit="batch")):
         if max_batches is not None and i >= max_batches:
             break
         images = batch["image"].to(device)
         skipped += int(batch.get("skipped", 0))
         recon, out = tokenizer(images)
-        sums["psnr"] += float(psnr_per_image(images, recon).sum())
-        sums["ssim"] += float(ssim_per_image(images, recon).sum())
+        reconstruction.update(images, recon, out.indices)
         if perceptual is not None:
-            sums["lpips"] += float(perceptual(images, recon)) * images.shape[0]
+            lpips += float(perceptual(images, recon)) * images.shape[0]
         if rfid is not None:
             rfid.update(images, recon)
         if probe is not None:
             probe.update(out, batch.get("caption", []), tokenizer.codebook_sizes)
-        histogram += code_histogram(out.indices.cpu(), tokenizer.codebook_size)
         images_seen += images.shape[0]
     if images_seen == 0:
         raise ValueError("the evaluation data yielded no images")
-    metrics = {k: v / images_seen for k, v in sums.items() if k != "lpips" or perceptual is not None}
-    metrics.update(codebook_stats(histogram))
+    metrics = reconstruction.compute()
+    if perceptual is not None:
+        metrics["lpips"] = lpips / images_seen
     metrics.update(images=images_seen, data_skipped=skipped)
     for extra in (rfid, probe):
         if extra is not None:

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from vistok import dist
-from vistok.data.generated import SLOTS, parse_caption
+from vistok.data.schema import CaptionSchema
 from vistok.eval.bits import binary_entropy, bit_counts, bit_entropy
-from vistok.eval.recon import psnr_per_image, ssim_per_image
-from vistok.eval.tokens import code_histogram, codebook_stats
+from vistok.eval.metrics import CaptionMetrics, ReconstructionMetrics
+from vistok.eval.recon import psnr_per_image
 from vistok.training import prefix_eval
 from vistok.training.budgets import BudgetAccuracy
 from vistok.training.prefix_eval import PrefixPSNR
@@ -29,12 +29,16 @@ class SampleCaption:
 
 @dataclass
 class ValidationAccumulator:
-    """Sums over the eval set; `compute()` turns them into the metric names of metrics.json."""
+    """Sums over the eval set; `compute()` turns them into the metric names of metrics.json. Reconstruction and
+    caption metrics are the ones `scripts.evaluate` uses (vistok/eval/metrics.py); attribute accuracies need the
+    data's caption schema (`schema`; None = free-text captions, no attribute metrics)."""
 
     codebook_size: int
     sums: dict[str, float] = field(init=False)
-    histogram: torch.Tensor = field(init=False)
+    reconstruction: ReconstructionMetrics = field(init=False)
+    captions: CaptionMetrics = field(init=False)
     samples: list[SampleCaption] = field(default_factory=list)
+    schema: CaptionSchema | None = field(default=None, repr=False)
     tokenizer: nn.Module | None = field(default=None, repr=False)  # given: family metrics (BitMetrics.applies)
     bits: BitMetrics | None = field(init=False, default=None)
     prefix: PrefixPSNR | None = field(init=False, default=None)  # flexible-length: psnr@k
@@ -42,13 +46,13 @@ class ValidationAccumulator:
     budget_accuracy: BudgetAccuracy = field(init=False)
 
     # Every rank reduces the same keys in the same order, even a rank that saw no batch.
-    KEYS = ("images", "psnr", "ssim", "caption_tokens", "caption_nll", "caption_correct", "captions",
-            "caption_exact_match", "slot_captions", *(f"attribute_accuracy/{s}" for s in SLOTS),
-            "generation_count", "generation_correct", "generation_nll")
+    KEYS = ("caption_tokens", "caption_nll", "caption_correct", "generation_count", "generation_correct",
+            "generation_nll")
 
     def __post_init__(self) -> None:
         self.sums = dict.fromkeys(self.KEYS, 0.0)
-        self.histogram = torch.zeros(self.codebook_size, dtype=torch.float64)
+        self.reconstruction = ReconstructionMetrics(self.codebook_size)
+        self.captions = CaptionMetrics(self.schema)
         if self.tokenizer is not None and BitMetrics.applies(self.tokenizer):
             self.bits = BitMetrics(self.tokenizer)
         self.budget_accuracy = BudgetAccuracy(self.token_budgets)
@@ -59,10 +63,7 @@ class ValidationAccumulator:
         self.sums[name] += float(value)
 
     def add_reconstruction(self, images: torch.Tensor, recon: torch.Tensor, indices: torch.Tensor) -> None:
-        self.add("images", images.shape[0])
-        self.add("psnr", psnr_per_image(images, recon).sum())
-        self.add("ssim", ssim_per_image(images, recon).sum())
-        self.histogram += code_histogram(indices.cpu(), self.codebook_size)
+        self.reconstruction.update(images, recon, indices)
         if self.bits is not None:
             self.bits.add(images, indices, psnr_per_image(images, recon))
         if self.prefix is not None:
@@ -71,36 +72,19 @@ class ValidationAccumulator:
     def add_captions(self, keys: list[str], references: list[str], generated: list[str], keep: int,
                      images: torch.Tensor | None = None) -> None:
         """Score greedy captions against their references and keep the first `keep` as samples (with their
-        image when `images` (B, 3, H, W) is given), whatever the captions say; only captions that parse into
-        the generated dataset's slots are scored per slot."""
+        image when `images` (B, 3, H, W) is given), whatever the captions say; only references that name every
+        attribute of the schema are scored per attribute."""
+        self.captions.update(references, generated)
         for row, (key, ref, gen) in enumerate(zip(keys, references, generated)):
-            self.add("captions", 1)
-            self.add("caption_exact_match", gen.strip() == ref.strip())
             if len(self.samples) < keep:
                 image = None if images is None else images[row].detach().cpu()
                 self.samples.append(SampleCaption(key, ref, gen, image))
-            self._add_slot_scores(ref, gen)
-
-    def _add_slot_scores(self, reference: str, generated: str) -> None:
-        truth = parse_caption(reference)
-        if any(v is None for v in truth.values()):
-            return  # free text, not a generated-dataset caption: no slots to score
-        guess = parse_caption(generated)
-        self.add("slot_captions", 1)
-        for slot in SLOTS:
-            self.add(f"attribute_accuracy/{slot}", guess[slot] == truth[slot])
 
     def compute(self) -> dict[str, float]:
         names = list(self.KEYS)
         totals = dist.all_reduce_sum(torch.tensor([self.sums[n] for n in names], dtype=torch.float64))
         sums = dict(zip(names, totals.tolist()))
-        metrics: dict[str, float] = {}
-        if sums.get("images"):
-            metrics["psnr"] = sums["psnr"] / sums["images"]
-            metrics["ssim"] = sums["ssim"] / sums["images"]
-        histogram = dist.all_reduce_sum(self.histogram.clone())
-        if histogram.sum() > 0:
-            metrics.update(codebook_stats(histogram))
+        metrics = self.reconstruction.compute()
         if self.bits is not None:
             metrics.update(self.bits.compute())
         if self.prefix is not None:
@@ -112,12 +96,8 @@ class ValidationAccumulator:
         if sums.get("generation_count"):  # teacher-forced visual-token predictions (text-to-image)
             metrics["generation_loss"] = sums["generation_nll"] / sums["generation_count"]
             metrics["generation_accuracy"] = sums["generation_correct"] / sums["generation_count"]
-        if sums.get("captions"):
-            metrics["caption_exact_match"] = sums["caption_exact_match"] / sums["captions"]
-        if sums.get("slot_captions"):
-            per_slot = {s: sums[f"attribute_accuracy/{s}"] / sums["slot_captions"] for s in SLOTS}
-            metrics["attribute_accuracy"] = sum(per_slot.values()) / len(per_slot)
-            metrics.update({f"attribute_accuracy/{s}": v for s, v in per_slot.items()})
+        if self.captions.update_count:  # runs with an LLM: every rank scores captions, so every rank syncs
+            metrics.update(self.captions.compute())
         return metrics
 
 

@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from vistok.data.schema import CaptionSchema
 from vistok.eval.streams import StreamMetrics
 from vistok.losses.gan import LeCAM, hinge_d_loss
 from vistok.losses.recon import TokenizerLoss
@@ -55,6 +56,8 @@ class VistokModule(L.LightningModule):
         eval_token_budgets: budgets at which validation also scores captions (`caption_token_accuracy@<n>`).
         semantic: a semantic distillation loss (frozen teacher), added to the tokenizer loss; None = off.
         probe: compute the linear probes (`probe_accuracy[/...]`) at validation.
+        caption_schema: the attributes the data's captions name (`data.caption_schema`), scored per attribute on
+            the greedy validation captions (`attribute_accuracy/<slot>`); None = free text, no attribute metrics.
         caption_dropout: probability that a generation-direction caption is replaced by "" in training
             (the unconditional branch of classifier-free guidance).
     """
@@ -64,7 +67,8 @@ class VistokModule(L.LightningModule):
                  usage_window: int = 100, num_sample_captions: int = 8, nan_policy: str = "raise",
                  max_nan_skips: int = 10, token_budgets: list[int] | None = None,
                  budget_probs: list[float] | None = None, eval_token_budgets: list[int] | None = None,
-                 semantic: nn.Module | None = None, probe: bool = False, caption_dropout: float = 0.1):
+                 semantic: nn.Module | None = None, probe: bool = False, caption_dropout: float = 0.1,
+                 caption_schema: CaptionSchema | None = None):
         super().__init__()
         self.budgets = None  # TokenFLEX: a budget per training batch, seeded from the run's seed
         if token_budgets:
@@ -79,7 +83,7 @@ class VistokModule(L.LightningModule):
         # Checkpoints of earlier versions hold the parts at the top level (`tokenizer.*`): loaded under `model.`.
         self._register_load_state_dict_pre_hook(_move_parts_under_model)
         self.discriminator = discriminator
-        self.semantic, self.probe = semantic, probe
+        self.semantic, self.probe, self.caption_schema = semantic, probe, caption_schema
         self.lecam = LeCAM() if discriminator is not None and lecam_weight > 0 else None
         self.optimizer_factory = optimizer
         self.lecam_weight, self.grad_clip, self.num_sample_captions = lecam_weight, grad_clip, num_sample_captions
@@ -344,8 +348,8 @@ class VistokModule(L.LightningModule):
 
     # ---- validation ---------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val = ValidationAccumulator(self.tokenizer.codebook_size, tokenizer=self.tokenizer,
-                                          token_budgets=self.eval_token_budgets)
+        self._val = ValidationAccumulator(self.tokenizer.codebook_size, schema=self.caption_schema,
+                                          tokenizer=self.tokenizer, token_budgets=self.eval_token_budgets)
         self._streams = StreamMetrics(self.tokenizer, probe=self.probe)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

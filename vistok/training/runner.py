@@ -72,7 +72,8 @@ def build_module(cfg: DictConfig, datamodule) -> VistokModule:
     module_cfg = OmegaConf.to_container(cfg.module, resolve=True)
     for key in MODEL_KEYS:
         module_cfg.pop(key)
-    return instantiate(module_cfg, model=build_model(cfg, datamodule), loss=instantiate(cfg.loss))
+    return instantiate(module_cfg, model=build_model(cfg, datamodule), loss=instantiate(cfg.loss),
+                       caption_schema=datamodule.caption_schema)
 
 
 def _projector_config(cfg: DictConfig, module: VistokModule) -> dict | None:
