@@ -40,18 +40,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def build_probe(args, tokenizer, resolution: int):
     """A LinearProbe, with features from --probe-train shards when given (an extra encode-only pass)."""
+    from vistok.data.schema import generated_captions
     from vistok.data.wds import expand_urls, make_val_loader
     from vistok.eval.probe import LinearProbe
     from vistok.eval.tokenizer_eval import collect_probe_features
 
     if args.no_probe:
         return None
+    schema = generated_captions()  # the probes score the attributes the generated set's captions name
     if args.probe_train is None:
-        return LinearProbe(max_samples=args.probe_max_samples)
+        return LinearProbe(max_samples=args.probe_max_samples, schema=schema)
     loader = make_val_loader(expand_urls(args.probe_train), args.batch_size, resolution, 0, 1, 0)
-    train = collect_probe_features(tokenizer, loader, args.probe_max_samples, args.device)
+    train = collect_probe_features(tokenizer, loader, schema, args.probe_max_samples, args.device)
     return LinearProbe(train, f"{args.probe_train}, first labelled samples in shard order",
-                       max_samples=args.probe_max_samples)
+                       max_samples=args.probe_max_samples, schema=schema)
 
 
 def build_protocol(args, pattern: str, resolution: int, metrics: dict, perceptual, rfid, probe) -> dict:

@@ -257,14 +257,13 @@ def test_joint_ett_run_with_the_binary1d_family(tmp_path, cache_dir):
 
 
 def test_a_collapsed_token_position_shows_in_the_minimum_over_positions():
-    from vistok.training.evaluation import BitMetrics
+    from vistok.eval.metrics import BitMetrics
 
     tok = make().eval()
-    metrics = BitMetrics(tok)
+    metrics = BitMetrics(tok.num_tokens, tok.bits_per_token, stochastic=False)
     bits = torch.randint(0, 2, (64, tok.num_tokens, tok.bits_per_token))
     bits[:, 3] = 1  # position 3 never varies: it carries nothing about the image
-    metrics.ones += bits.double().sum(0)
-    metrics.scalars[0] += 64
+    metrics.update(bits, eval_psnr=torch.zeros(64))
     result = metrics.compute()
     assert result["token_bit_entropy/min_position"] == 0.0
     assert result["token_bit_entropy"] > 0.8  # the mean over positions hides it

@@ -359,6 +359,7 @@ def test_stream_metrics_fit_probes_under_inference_mode_and_report_every_stream(
     """Lightning validates under inference mode; the probes must still train there. Separable embeddings score
     high, shuffled labels score near chance (the probe can fail)."""
     from vistok.data.generated import SLOTS, caption_from_attributes
+    from vistok.data.schema import generated_captions
     from vistok.eval.streams import StreamMetrics
     from vistok.tokenizers.base import TokenizerOutput
 
@@ -366,7 +367,7 @@ def test_stream_metrics_fit_probes_under_inference_mode_and_report_every_stream(
     generator = torch.Generator().manual_seed(0)
     scores = {}
     for name in ("informative", "shuffled"):
-        metrics = StreamMetrics(tok, probe=True)
+        metrics = StreamMetrics(tok, probe=True, schema=generated_captions())
         with torch.inference_mode():
             for _ in range(4):
                 values = {s: torch.randint(len(v), (50,), generator=generator) for s, v in SLOTS.items()}

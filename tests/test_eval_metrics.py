@@ -13,7 +13,10 @@ from vistok.data.generated import SLOTS, caption_from_attributes
 from vistok.eval.features import ConvFeatures, load_feature_extractor
 from vistok.eval.fid import RFID, FeatureStats, frechet_distance
 from vistok.eval.inception import FIDInception
+from vistok.data.schema import generated_captions
 from vistok.eval.probe import LinearProbe, ProbeFeatures, chance_accuracy, slot_labels
+
+SCHEMA = generated_captions()
 from vistok.eval.tokenizer_eval import evaluate_tokenizer
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput
 
@@ -213,7 +216,7 @@ def encoded_batch(attributes: list[dict[str, str]], informative: bool, rng: np.r
 def probe_on(informative: bool, seed: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     codebook_sizes = (sum(len(v) for v in SLOTS.values()),)
-    train, probe = ProbeFeatures(), LinearProbe()
+    train, probe = ProbeFeatures(schema=SCHEMA), LinearProbe(schema=SCHEMA)
     for _ in range(4):
         out, captions = encoded_batch(random_attributes(rng, 100), informative, rng)
         train.update(out, captions, codebook_sizes)
@@ -232,21 +235,21 @@ def test_probe_reads_attributes_that_embeddings_encode_linearly():
 
 def test_probe_is_at_chance_on_random_embeddings():
     metrics = probe_on(informative=False)
-    chance = chance_accuracy()
+    chance = chance_accuracy(SCHEMA)
     assert chance == pytest.approx((1 / 2 + 1 / 6 + 1 / 4 + 1 / 5 + 1 / 4) / 5)
     for name in ("probe_accuracy", "probe_accuracy/histogram", "probe_accuracy/flat"):
         assert abs(metrics[name] - chance) < 0.08, (name, metrics[name], chance)
 
 
 def test_probe_ignores_masked_tokens_and_captions_without_every_slot():
-    assert slot_labels("a photo of a dog") is None
-    assert slot_labels("a large red circle at left with blue mark") == [1, 0, 0, 0, 2]
+    assert slot_labels("a photo of a dog", SCHEMA) is None
+    assert slot_labels("a large red circle at left with blue mark", SCHEMA) == [1, 0, 0, 0, 2]
     rng = np.random.default_rng(0)
     out, captions = encoded_batch(random_attributes(rng, 4), True, rng)
     mask = torch.tensor([[True, True, True, False, False]]).expand(4, -1)
     changed = out.embeddings.clone()
     changed[:, 3:] = 100.0  # behind the mask: must not reach any feature
-    a, b = ProbeFeatures(), ProbeFeatures()
+    a, b = ProbeFeatures(schema=SCHEMA), ProbeFeatures(schema=SCHEMA)
     a.update(TokenizerOutput(out.indices, out.embeddings, mask), captions, (19,))
     b.update(TokenizerOutput(out.indices, changed, mask), [*captions[:3], "no slots here"], (19,))
     assert b.count == 3
@@ -256,10 +259,13 @@ def test_probe_ignores_masked_tokens_and_captions_without_every_slot():
 
 
 def test_probe_reports_nothing_for_data_without_generated_captions():
-    probe = LinearProbe()
-    out, _ = encoded_batch(random_attributes(np.random.default_rng(0), 50), True, np.random.default_rng(0))
+    probe = LinearProbe(schema=SCHEMA)
+    out, captions = encoded_batch(random_attributes(np.random.default_rng(0), 50), True, np.random.default_rng(0))
     probe.update(out, ["a photo"] * 50, (19,))
     assert probe.compute() == {} and "not computed" in probe.protocol()["status"]
+    no_schema = LinearProbe()  # plain shards: the data config has no caption schema
+    no_schema.update(out, captions, (19,))
+    assert no_schema.compute() == {} and "no caption schema" in no_schema.protocol()["status"]
 
 
 # ---------------------------------------------------------------- scripts.evaluate records every protocol

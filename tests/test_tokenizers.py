@@ -1,11 +1,10 @@
-"""The `vq` family against the common tokenizer contract."""
+"""The `vq` family beyond the common contract (tests/test_tokenizer_contract.py): gradients, arguments."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vistok.tokenizers.base import TokenizerOutput
 from vistok.tokenizers.modules.conv import ConvDecoder, ConvEncoder
 from vistok.tokenizers.quantizers.ibq import IndexBackpropQuantizer
 from vistok.tokenizers.quantizers.vq import VectorQuantizer
@@ -17,24 +16,6 @@ def make_vq(quantizer=None, resolution=16):
     quantizer = quantizer or VectorQuantizer(8, 32, kmeans_init=False)
     return VQTokenizer(ConvEncoder(out_dim=8, base_channels=8, ch_mult=(1, 2)), quantizer,
                        ConvDecoder(in_dim=8, base_channels=8, ch_mult=(1, 2)), resolution=resolution)
-
-
-@pytest.mark.parametrize("make_quantizer", [lambda: VectorQuantizer(8, 32, kmeans_init=False),
-                                            lambda: IndexBackpropQuantizer(8, 32)], ids=["vq", "ibq"])
-def test_shapes_and_contract(make_quantizer):
-    tok = make_vq(make_quantizer())
-    images = torch.rand(2, 3, 16, 16) * 2 - 1
-    recon, out = tok(images)
-    assert isinstance(out, TokenizerOutput)
-    assert recon.shape == images.shape
-    assert tok.num_tokens == 64 and out.indices.shape == (2, 64, 1) and out.embeddings.shape == (2, 64, 8)
-    assert out.mask is None and tok.codebook_sizes == (32,)
-    assert all(k.startswith("quant/") for k in out.losses)
-    tok.eval()
-    with torch.no_grad():
-        out = tok.encode(images)
-        assert torch.allclose(tok.lookup(out.indices), out.embeddings, atol=1e-6)
-        assert torch.allclose(tok.decode(tok.lookup(out.indices)), tok.decode(out.embeddings))
 
 
 def test_gradient_reaches_every_trainable_parameter():

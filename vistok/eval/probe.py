@@ -1,11 +1,12 @@
-"""Linear probes of the generated dataset's caption attributes on frozen tokenizer outputs.
+"""Linear probes of the caption attributes (a dataset's `CaptionSchema`) on frozen tokenizer outputs.
 
 Three views of the same tokens, one linear classifier per caption slot on each (METHODS.md 11.6):
 - pooled    `probe_accuracy`:           mean of `out.embeddings` over valid tokens, (D,)
 - histogram `probe_accuracy/histogram`: normalised histogram of the code ids, (codes seen in training,)
 - flat      `probe_accuracy/flat`:      the whole embedding grid flattened, (N * D,)
-Slot labels come from the captions through the dataset's own parser (`vistok.data.generated.parse_caption`);
-samples whose caption does not name every slot are left out.
+Slot labels come from the captions through the data's caption schema (`data.caption_schema`; the generated
+dataset ships one); samples whose caption does not name every slot are left out, and without a schema there is
+no probe.
 """
 
 from __future__ import annotations
@@ -15,23 +16,23 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from vistok.data.generated import SLOTS, parse_caption
+from vistok.data.schema import CaptionSchema
 from vistok.tokenizers.base import TokenizerOutput
 
 VIEWS = ("pooled", "histogram", "flat")
 
 
-def slot_labels(caption: str) -> list[int] | None:
-    """Caption -> one class id per slot of `SLOTS` (in order), or None if any slot is not named."""
-    values = parse_caption(caption)
-    if any(values[slot] is None for slot in SLOTS):
+def slot_labels(caption: str, schema: CaptionSchema) -> list[int] | None:
+    """Caption -> one class id per slot of the schema (in order), or None if any slot is not named."""
+    values = schema.labels(caption)
+    if values is None:
         return None
-    return [SLOTS[slot].index(values[slot]) for slot in SLOTS]
+    return [schema.slots[slot].index(values[slot]) for slot in schema.slots]
 
 
-def chance_accuracy() -> float:
-    """Mean over slots of 1 / (values in the slot): the score of guessing (the generator draws uniformly)."""
-    return sum(1 / len(values) for values in SLOTS.values()) / len(SLOTS)
+def chance_accuracy(schema: CaptionSchema) -> float:
+    """Mean over slots of 1 / (values in the slot): the score of guessing uniformly."""
+    return sum(1 / len(values) for values in schema.slots.values()) / len(schema.slots)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ProbeFeatures:
     """Per-sample probe inputs collected over an evaluation pass (CPU, at most `max_samples`)."""
 
     max_samples: int = 5000
+    schema: CaptionSchema | None = None  # None: no caption names attributes, nothing is collected
     pooled: list[torch.Tensor] = field(default_factory=list)  # (b, D) chunks
     flat: list[torch.Tensor] = field(default_factory=list)  # (b, N * D) chunks
     codes: list[torch.Tensor] = field(default_factory=list)  # (b, N * C) chunks; -1 = masked-out token
@@ -46,7 +48,10 @@ class ProbeFeatures:
     count: int = 0
 
     def update(self, out: TokenizerOutput, captions: list[str], codebook_sizes: tuple[int, ...]) -> None:
-        labelled = [(i, labels) for i, labels in enumerate(map(slot_labels, captions)) if labels is not None]
+        if self.schema is None:
+            return
+        labelled = [(i, labels) for i, caption in enumerate(captions)
+                    if (labels := slot_labels(caption, self.schema)) is not None]
         labelled = labelled[: self.max_samples - self.count]
         if not labelled:
             return
@@ -102,20 +107,20 @@ def _slot_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 
 
 def fit_and_score(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                  steps: int = 300, lr: float = 0.05, l2: float = 1e-4) -> list[float]:
+                  sizes: list[int], steps: int = 300, lr: float = 0.05, l2: float = 1e-4) -> list[float]:
     """Multinomial logistic regression per slot, full-batch Adam on standardised features.
 
     All slots train side by side in one weight matrix: their logits and losses are independent and Adam's
     update is per parameter, so this is exactly one classifier per slot, at the cost of one.
 
     Args:
-        train_x, test_x: (n, F) features. train_y, test_y: (n, slots) class ids per slot of `SLOTS`.
+        train_x, test_x: (n, F) features. train_y, test_y: (n, slots) class ids per slot.
+        sizes: the number of classes of each slot.
     Returns:
         held-out accuracy per slot.
     """
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)  # train statistics only
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    sizes = [len(values) for values in SLOTS.values()]
     invalid = torch.arange(max(sizes)) >= torch.tensor(sizes)[:, None]  # (slots, max classes)
     weight = torch.zeros(train_x.shape[1], invalid.numel(), requires_grad=True)
     bias = torch.zeros(invalid.numel(), requires_grad=True)
@@ -136,27 +141,30 @@ def fit_and_score(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Te
 
 def probe_metrics(train: ProbeFeatures, test: ProbeFeatures) -> dict[str, float]:
     """`probe_accuracy[/<view>]` (mean over slots) and `probe_accuracy[/<view>]/<slot>`, held-out."""
+    slots = train.schema.slots
     a, b = train.tensors(), test.tensors()
     inputs = {"pooled": (a["pooled"], b["pooled"]), "histogram": code_histograms(a["codes"], b["codes"]),
               "flat": (a["flat"], b["flat"])}
     metrics: dict[str, float] = {}
     for view in VIEWS:
-        per_slot = fit_and_score(inputs[view][0], a["labels"], inputs[view][1], b["labels"])
+        per_slot = fit_and_score(inputs[view][0], a["labels"], inputs[view][1], b["labels"],
+                                 [len(values) for values in slots.values()])
         name = "probe_accuracy" if view == "pooled" else f"probe_accuracy/{view}"
         metrics[name] = sum(per_slot) / len(per_slot)
-        metrics.update({f"{name}/{slot}": acc for slot, acc in zip(SLOTS, per_slot)})
+        metrics.update({f"{name}/{slot}": acc for slot, acc in zip(slots, per_slot)})
     return metrics
 
 
 def split_every(features: ProbeFeatures, every: int) -> tuple[ProbeFeatures, ProbeFeatures]:
     """(train, held-out): every `every`-th sample (in data order) is held out, the rest train the probe."""
     if features.count == 0:
-        return ProbeFeatures(features.max_samples), ProbeFeatures(features.max_samples)
+        return ProbeFeatures(features.max_samples, features.schema), ProbeFeatures(features.max_samples,
+                                                                                  features.schema)
     tensors = features.tensors()
     held_out = torch.arange(features.count) % every == every - 1  # (n,)
     parts = []
     for rows in (~held_out, held_out):
-        part = ProbeFeatures(features.max_samples, count=int(rows.sum()))
+        part = ProbeFeatures(features.max_samples, features.schema, count=int(rows.sum()))
         for name, tensor in tensors.items():
             getattr(part, name).append(tensor[rows])
         parts.append(part)
@@ -172,6 +180,7 @@ class LinearProbe:
             holding out every `holdout_every`-th sample.
         train_source: where `train` came from, for the protocol record.
         min_samples: fewer labelled train or held-out samples than this and no probe number is reported.
+        schema: the attributes the captions name (None: no probe, `protocol` says why).
     """
 
     train: ProbeFeatures | None = None
@@ -179,11 +188,12 @@ class LinearProbe:
     holdout_every: int = 5
     min_samples: int = 20
     max_samples: int = 5000
+    schema: CaptionSchema | None = None
     seen: ProbeFeatures = field(init=False)
     skipped: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.seen = ProbeFeatures(self.max_samples)
+        self.seen = ProbeFeatures(self.max_samples, self.schema)
 
     def update(self, out: TokenizerOutput, captions: list[str], codebook_sizes: tuple[int, ...]) -> None:
         self.seen.update(out, captions, codebook_sizes)
@@ -194,10 +204,13 @@ class LinearProbe:
         return self.train, self.seen
 
     def compute(self) -> dict[str, float]:
+        if self.schema is None:
+            self.skipped = "not computed: the data has no caption schema (data.caption_schema)"
+            return {}
         train, test = self._train_and_test()
         if min(train.count, test.count) < self.min_samples:
             self.skipped = (f"not computed: {train.count} train / {test.count} held-out samples whose "
-                            f"caption names every generated-dataset slot (need {self.min_samples} each)")
+                            f"caption names every slot {list(self.schema.slots)} (need {self.min_samples} each)")
             return {}
         return probe_metrics(train, test)
 
@@ -210,10 +223,10 @@ class LinearProbe:
         return {
             "implementation": "vistok.eval.probe: one multinomial logistic regression per caption slot "
                               "(full-batch Adam, 300 steps, lr 0.05, L2 1e-4, standardised features)",
-            "labels": f"caption slots {list(SLOTS)} via vistok.data.generated.parse_caption",
+            "labels": f"caption slots {list(self.schema.slots)} read by the data's caption schema",
             "features": "probe_accuracy: mean-pooled embeddings; /histogram: normalised code-id histogram; "
                         "/flat: flattened embedding grid",
             "train": f"{train_split} ({train.count} samples)",
             "held_out": f"{held_out} ({test.count} samples)",
-            "chance": chance_accuracy(),
+            "chance": chance_accuracy(self.schema),
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from vistok.data.schema import CaptionSchema
 from vistok.eval.fid import RFID
 from vistok.eval.metrics import ReconstructionMetrics
 from vistok.eval.probe import LinearProbe, ProbeFeatures
@@ -50,11 +51,11 @@ def evaluate_tokenizer(tokenizer, loader, perceptual=None, rfid: RFID | None = N
 
 
 @torch.no_grad()
-def collect_probe_features(tokenizer, loader, max_samples: int = 5000,
+def collect_probe_features(tokenizer, loader, schema: CaptionSchema, max_samples: int = 5000,
                            device: str | torch.device = "cpu") -> ProbeFeatures:
     """Encode-only pass (e.g. over training shards) gathering the features a `LinearProbe` trains on."""
     tokenizer.eval().to(device)
-    features = ProbeFeatures(max_samples)
+    features = ProbeFeatures(max_samples, schema)
     for batch in tqdm(loader, desc="probe features", unit="batch"):
         out = tokenizer.encode(batch["image"].to(device))
         features.update(out, batch.get("caption", []), tokenizer.codebook_sizes)

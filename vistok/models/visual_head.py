@@ -85,7 +85,7 @@ class BitHead(nn.Module):
 
 def build_visual_head(tokenizer: nn.Module, hidden_size: int) -> CodeHead | BitHead:
     """The head that fits a tokenizer: bits for binary tokens (Instella's BCE), else a softmax per stream."""
-    bits = getattr(tokenizer, "bits_per_token", None)
-    if bits is not None and hasattr(tokenizer, "token_bits"):
+    bits = tokenizer.bits_per_token
+    if bits is not None:
         return BitHead(hidden_size, bits, getattr(tokenizer.quantizer, "index_bits", bits))
     return CodeHead(hidden_size, tuple(tokenizer.codebook_sizes))

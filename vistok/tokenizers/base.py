@@ -36,6 +36,7 @@ class Tokenizer(nn.Module):
     embed_dim: int
     codebook_sizes: tuple[int, ...]
     ordered = False  # True: the tokens are ordered and any prefix decodes (flex); an LLM may read a prefix
+    bits_per_token: int | None = None  # K for binary tokens (ids are K-bit strings, `token_bits`), else None
 
     def encode(self, images: torch.Tensor, num_tokens: int | None = None) -> TokenizerOutput:
         raise NotImplementedError
@@ -45,6 +46,15 @@ class Tokenizer(nn.Module):
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def stream_names(self) -> tuple[str, ...]:
+        """One name per code stream, for per-stream metrics (`codebook_usage/<name>`)."""
+        return tuple(f"stream{c}" for c in range(len(self.codebook_sizes)))
+
+    def token_bits(self, indices: torch.Tensor) -> torch.Tensor:
+        """Binary tokens only (`bits_per_token` set): ids (B, N, C) -> bits (B, N, K) in {0, 1}."""
+        raise NotImplementedError(f"{type(self).__name__} has no binary tokens (bits_per_token is None)")
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, TokenizerOutput]:
         """Reconstruct: (B, 3, H, W) -> ((B, 3, H, W), TokenizerOutput)."""

@@ -51,8 +51,11 @@ class DualTokenizer(Tokenizer):
         self.num_tokens = self.grid * self.grid
         self.embed_dim = quantizer.dim
         self.codebook_sizes = tuple(getattr(quantizer, "codebook_sizes", (quantizer.codebook_size,)))
-        default_names = tuple(f"stream{c}" for c in range(len(self.codebook_sizes)))
-        self.stream_names = tuple(getattr(quantizer, "stream_names", default_names))  # per-codebook metrics
+
+    @property
+    def stream_names(self) -> tuple[str, ...]:
+        """The quantizer's names for its codebooks (semantic, pixel), for per-codebook metrics."""
+        return tuple(getattr(self.quantizer, "stream_names", None) or super().stream_names)
 
     def encode(self, images: torch.Tensor, num_tokens: int | None = None) -> TokenizerOutput:
         if num_tokens not in (None, self.num_tokens):

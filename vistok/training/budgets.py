@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from vistok import dist
-
 
 class TokenBudgetSampler:
     """Draws one token budget per call from `budgets` with probabilities `probs` (uniform when None).
@@ -30,27 +28,3 @@ class TokenBudgetSampler:
 
     def sample(self) -> int:
         return self.budgets[int(torch.multinomial(self.probs, 1, generator=self.generator))]
-
-
-class BudgetAccuracy:
-    """Teacher-forced caption token accuracy and loss at each evaluation budget, summed over the eval set."""
-
-    def __init__(self, budgets: list[int]):
-        self.budgets = [int(b) for b in budgets]
-        self.sums = torch.zeros(len(self.budgets), 3, dtype=torch.float64)  # tokens, correct, nll * tokens
-
-    def add(self, budget: int, correct, count, loss) -> None:
-        if count > 0:
-            self.sums[self.budgets.index(budget)] += torch.tensor([float(count), float(correct),
-                                                                   float(loss) * float(count)], dtype=torch.float64)
-
-    def compute(self) -> dict[str, float]:
-        if not self.budgets:
-            return {}
-        sums = dist.all_reduce_sum(self.sums.clone())
-        metrics = {}
-        for budget, (tokens, correct, nll) in zip(self.budgets, sums.tolist()):
-            if tokens:
-                metrics[f"caption_token_accuracy@{budget}"] = correct / tokens
-                metrics[f"caption_loss@{budget}"] = nll / tokens
-        return metrics

@@ -9,14 +9,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vistok import dist
 from vistok.data.schema import CaptionSchema
-from vistok.eval.bits import binary_entropy, bit_counts, bit_entropy
-from vistok.eval.metrics import CaptionMetrics, ReconstructionMetrics
+from vistok.eval.metrics import (BitMetrics, CaptionMetrics, ReconstructionMetrics, TokenPredictionMetrics,
+                                 computed)
 from vistok.eval.recon import psnr_per_image
 from vistok.training import prefix_eval
-from vistok.training.budgets import BudgetAccuracy
-from vistok.training.prefix_eval import PrefixPSNR
+from vistok.training.prefix_eval import PrefixEvaluation
 
 
 @dataclass
@@ -34,33 +32,29 @@ class ValidationAccumulator:
     data's caption schema (`schema`; None = free-text captions, no attribute metrics)."""
 
     codebook_size: int
-    sums: dict[str, float] = field(init=False)
     reconstruction: ReconstructionMetrics = field(init=False)
-    captions: CaptionMetrics = field(init=False)
+    captions: CaptionMetrics = field(init=False)  # greedy captions
+    caption_tokens: TokenPredictionMetrics = field(init=False)  # teacher-forced caption tokens
+    generation_tokens: TokenPredictionMetrics = field(init=False)  # teacher-forced visual tokens (text-to-image)
     samples: list[SampleCaption] = field(default_factory=list)
     schema: CaptionSchema | None = field(default=None, repr=False)
-    tokenizer: nn.Module | None = field(default=None, repr=False)  # given: family metrics (BitMetrics.applies)
-    bits: BitMetrics | None = field(init=False, default=None)
-    prefix: PrefixPSNR | None = field(init=False, default=None)  # flexible-length: psnr@k
+    tokenizer: nn.Module | None = field(default=None, repr=False)  # given: family metrics (BitEvaluation.applies)
+    bits: BitEvaluation | None = field(init=False, default=None)
+    prefix: PrefixEvaluation | None = field(init=False, default=None)  # flexible-length: psnr@k
     token_budgets: list[int] = field(default_factory=list)  # TokenFLEX: caption metrics per visual-token budget
-    budget_accuracy: BudgetAccuracy = field(init=False)
-
-    # Every rank reduces the same keys in the same order, even a rank that saw no batch.
-    KEYS = ("caption_tokens", "caption_nll", "caption_correct", "generation_count", "generation_correct",
-            "generation_nll")
+    budget_tokens: dict[int, TokenPredictionMetrics] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.sums = dict.fromkeys(self.KEYS, 0.0)
         self.reconstruction = ReconstructionMetrics(self.codebook_size)
         self.captions = CaptionMetrics(self.schema)
-        if self.tokenizer is not None and BitMetrics.applies(self.tokenizer):
-            self.bits = BitMetrics(self.tokenizer)
-        self.budget_accuracy = BudgetAccuracy(self.token_budgets)
+        self.caption_tokens = TokenPredictionMetrics("caption_loss", "caption_token_accuracy")
+        self.generation_tokens = TokenPredictionMetrics("generation_loss", "generation_accuracy")
+        self.budget_tokens = {int(b): TokenPredictionMetrics(f"caption_loss@{b}", f"caption_token_accuracy@{b}")
+                              for b in self.token_budgets}
+        if self.tokenizer is not None and BitEvaluation.applies(self.tokenizer):
+            self.bits = BitEvaluation(self.tokenizer)
         if self.tokenizer is not None and prefix_eval.applies(self.tokenizer):
-            self.prefix = PrefixPSNR(self.tokenizer)
-
-    def add(self, name: str, value: float) -> None:
-        self.sums[name] += float(value)
+            self.prefix = PrefixEvaluation(self.tokenizer)
 
     def add_reconstruction(self, images: torch.Tensor, recon: torch.Tensor, indices: torch.Tensor) -> None:
         self.reconstruction.update(images, recon, indices)
@@ -81,23 +75,17 @@ class ValidationAccumulator:
                 self.samples.append(SampleCaption(key, ref, gen, image))
 
     def compute(self) -> dict[str, float]:
-        names = list(self.KEYS)
-        totals = dist.all_reduce_sum(torch.tensor([self.sums[n] for n in names], dtype=torch.float64))
-        sums = dict(zip(names, totals.tolist()))
-        metrics = self.reconstruction.compute()
+        """Every rank computes the same metrics in the same order (each syncs across ranks)."""
+        metrics = computed(self.reconstruction)
         if self.bits is not None:
             metrics.update(self.bits.compute())
         if self.prefix is not None:
             metrics.update(self.prefix.compute())
-        metrics.update(self.budget_accuracy.compute())
-        if sums.get("caption_tokens"):
-            metrics["caption_loss"] = sums["caption_nll"] / sums["caption_tokens"]
-            metrics["caption_token_accuracy"] = sums["caption_correct"] / sums["caption_tokens"]
-        if sums.get("generation_count"):  # teacher-forced visual-token predictions (text-to-image)
-            metrics["generation_loss"] = sums["generation_nll"] / sums["generation_count"]
-            metrics["generation_accuracy"] = sums["generation_correct"] / sums["generation_count"]
-        if self.captions.update_count:  # runs with an LLM: every rank scores captions, so every rank syncs
-            metrics.update(self.captions.compute())
+        for budget_metric in self.budget_tokens.values():
+            metrics.update(computed(budget_metric))
+        metrics.update(computed(self.caption_tokens))
+        metrics.update(computed(self.generation_tokens))
+        metrics.update(computed(self.captions))
         return metrics
 
 
@@ -112,52 +100,31 @@ def sampling_quantizer(tokenizer: nn.Module):
         quantizer.train(was_training)
 
 
-class BitMetrics:
-    """Binary-token metrics over an eval set, for tokenizers whose ids are bit strings (`token_bits`).
-
-    - `bit_entropy`: mean over the K bits of the entropy (in bits) of each bit's frequency of ones, pooled
-      over token positions and images; `token_bit_entropy`: the same per (token position, bit);
-      `token_bit_entropy/min_position`: the lowest per-position mean of it (0 = a position that never varies).
-    - `psnr_train_mode`: PSNR with the quantizer sampling bits as in training (stochastic quantizers only),
-      and `train_eval_psnr_gap` = psnr (thresholded bits) - psnr_train_mode.
-    """
+class BitEvaluation:
+    """Binary-token metrics over a validation pass (`vistok.eval.metrics.BitMetrics`): the eval-mode bits, and
+    for stochastic quantizers a second pass with the quantizer sampling bits as in training."""
 
     def __init__(self, tokenizer: nn.Module):
         self.tokenizer = tokenizer
         self.stochastic = bool(getattr(tokenizer.quantizer, "stochastic", False))
-        # sums reduced across ranks: ones per (token, bit), images, train-mode PSNR, eval-mode PSNR
-        self.ones = torch.zeros(tokenizer.num_tokens, tokenizer.bits_per_token, dtype=torch.float64)
-        self.scalars = torch.zeros(3, dtype=torch.float64)
+        self.metric = BitMetrics(tokenizer.num_tokens, tokenizer.bits_per_token, self.stochastic)
 
     @staticmethod
     def applies(tokenizer: nn.Module) -> bool:
-        return getattr(tokenizer, "bits_per_token", None) is not None and hasattr(tokenizer, "token_bits")
+        return tokenizer.bits_per_token is not None
 
     @torch.no_grad()
     def add(self, images: torch.Tensor, indices: torch.Tensor, eval_psnr: torch.Tensor) -> None:
         """images (B, 3, H, W), indices (B, N, C) of the eval-mode pass, its per-image PSNR (B,)."""
-        self.ones += bit_counts(self.tokenizer.token_bits(indices)).cpu()
-        self.scalars[0] += images.shape[0]
+        train_psnr = None
         if self.stochastic:
             with sampling_quantizer(self.tokenizer):
                 sampled, _ = self.tokenizer(images)
-            self.scalars[1] += float(psnr_per_image(images, sampled).sum())
-            self.scalars[2] += float(eval_psnr.sum())
+            train_psnr = psnr_per_image(images, sampled)
+        self.metric.update(self.tokenizer.token_bits(indices), eval_psnr, train_psnr)
 
     def compute(self) -> dict[str, float]:
-        ones, scalars = dist.all_reduce_sum(self.ones.clone()), dist.all_reduce_sum(self.scalars.clone())
-        images = float(scalars[0])
-        if not images:
-            return {}
-        per_token = ones / images  # (N, K) frequency of ones
-        metrics = {"bit_entropy": bit_entropy(per_token.mean(0)), "token_bit_entropy": bit_entropy(per_token),
-                   # the least informative token position: a collapsed position (constant bits) shows here
-                   # even when the mean over positions looks healthy
-                   "token_bit_entropy/min_position": float(binary_entropy(per_token).mean(1).min())}
-        if self.stochastic:
-            metrics["psnr_train_mode"] = float(scalars[1]) / images
-            metrics["train_eval_psnr_gap"] = (float(scalars[2]) - float(scalars[1])) / images
-        return metrics
+        return self.metric.compute()
 
 
 class UsageWindow:

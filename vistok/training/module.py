@@ -350,7 +350,7 @@ class VistokModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val = ValidationAccumulator(self.tokenizer.codebook_size, schema=self.caption_schema,
                                           tokenizer=self.tokenizer, token_budgets=self.eval_token_budgets)
-        self._streams = StreamMetrics(self.tokenizer, probe=self.probe)
+        self._streams = StreamMetrics(self.tokenizer, probe=self.probe, schema=self.caption_schema)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Every rank runs the same number of full-batch forwards (collectives inside FSDP and synced
@@ -368,19 +368,13 @@ class VistokModule(L.LightningModule):
         if self.llm is None:
             return
         caption = self.model.caption_loss(out, batch["caption"], valid)
-        correct, count = self.llm.token_accuracy(caption)
-        if count > 0:  # a batch of padding rows only has no caption tokens (and a NaN mean loss)
-            self._val.add("caption_tokens", count)
-            self._val.add("caption_correct", correct)
-            self._val.add("caption_nll", caption.loss.detach() * count)
+        self._val.caption_tokens.update(*self.llm.token_accuracy(caption), caption.loss.detach())
         if self.visual_head is not None:  # the full batch on every rank (FSDP collectives), padding rows unscored
             generation = self.model.generation_loss(out, batch["caption"], valid)
-            self._val.add("generation_count", generation.count)
-            self._val.add("generation_correct", generation.correct)
-            self._val.add("generation_nll", generation.loss.detach() * generation.count)
+            self._val.generation_tokens.update(generation.correct, generation.count, generation.loss.detach())
         for budget in self.eval_token_budgets:  # TokenFLEX: the same captions at every token budget
             scored = self.model.caption_loss(out, batch["caption"], valid, budget=budget)
-            self._val.budget_accuracy.add(budget, *self.llm.token_accuracy(scored), scored.loss.detach())
+            self._val.budget_tokens[budget].update(*self.llm.token_accuracy(scored), scored.loss.detach())
         generated = self.model.generate_captions(out)
         rows = keep.tolist()
         self._val.add_captions([batch["key"][i] for i in rows], [batch["caption"][i] for i in rows],
@@ -392,6 +386,8 @@ class VistokModule(L.LightningModule):
         self.val_samples = self._val.samples
         if self.val_samples:  # each sample's own image, whichever batch it came from
             self.val_preview["caption_images"] = torch.stack([s.image for s in self.val_samples])
+        if self._val.prefix is not None:  # flexible length: the preview images decoded from k = 1, 2, 4, ... tokens
+            self.val_preview["prefix"] = self._val.prefix.preview
         logs = {f"val/{k}": v for k, v in self.val_metrics.items()}
         if self.stage is not None:  # per stage too: a run's summary keeps every stage's final numbers
             logs.update({f"val/{self.stage.name}/{k}": v for k, v in self.val_metrics.items()})

@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vistok import dist
 from vistok.eval.jpeg import jpeg_points, token_bytes
-from vistok.eval.recon import psnr_per_image
+from vistok.eval.metrics import PrefixPSNR
 from vistok.tokenizers.flex import powers_of_two
 
 
@@ -21,7 +20,7 @@ def prefix_lengths(tokenizer: nn.Module) -> list[int]:
 
 def applies(tokenizer: nn.Module) -> bool:
     """Only tokenizers whose token order is meaningful (`ordered`) decode from a prefix."""
-    return bool(getattr(tokenizer, "ordered", False))
+    return tokenizer.ordered
 
 
 @torch.no_grad()
@@ -35,22 +34,20 @@ def decode_prefixes(tokenizer: nn.Module, images: torch.Tensor, ks: list[int]) -
     return recons
 
 
-class PrefixPSNR:
-    """Sums of per-image PSNR at each prefix length k, reduced across ranks in `compute`.
+class PrefixEvaluation:
+    """PSNR@k over a validation pass (`vistok.eval.metrics.PrefixPSNR`), plus what the pictures need.
 
-    Also `psnr_mean_image`: per-image PSNR of one fixed "dataset-mean image" (the mean of the first validation
-    batch), the floor a decoder that ignores its tokens reaches; a PSNR@k curve near it is flat for lack of
-    capacity, not because of the token order.
+    The dataset-mean image is the mean of the first validation batch; `jpeg` an exploratory codec baseline from
+    the same batch (rank 0's view); `preview` the inputs and reconstructions at every k of its first 8 images.
     """
 
     def __init__(self, tokenizer: nn.Module):
         self.tokenizer = tokenizer
         self.ks = prefix_lengths(tokenizer)
-        self.sums = torch.zeros(len(self.ks) + 2, dtype=torch.float64)  # images, mean image, then one per k
+        self.metric = PrefixPSNR(self.ks)
         self.mean_image: torch.Tensor | None = None  # (1, 3, H, W)
-        self.jpeg: dict[str, float] = {}  # exploratory codec baseline, from the first batch (rank 0's view)
-        # inputs and reconstructions at every k of the first batch's first 8 images, for the picture: made
-        # here, on every rank, because a forward on rank 0 alone would hang a sharded (FSDP2) tokenizer
+        self.jpeg: dict[str, float] = {}
+        # made here, on every rank, because a forward on rank 0 alone would hang a sharded (FSDP2) tokenizer
         self.preview: dict[str, torch.Tensor] = {}
 
     def add(self, images: torch.Tensor) -> None:
@@ -62,17 +59,12 @@ class PrefixPSNR:
             self.preview = {"images": images[:8].cpu(), **{f"k{k}": r[:8].cpu() for k, r in recons.items()}}
             self.mean_image = images.float().mean(0, keepdim=True)
             self.jpeg = jpeg_points(images)
-        self.sums[0] += images.shape[0]
-        self.sums[1] += float(psnr_per_image(images, self.mean_image.expand_as(images)).sum())
-        for i, k in enumerate(self.ks):
-            self.sums[i + 2] += float(psnr_per_image(images, recons[k]).sum())
+        self.metric.update(images, recons, self.mean_image)
 
     def compute(self) -> dict[str, float]:
-        sums = dist.all_reduce_sum(self.sums.clone())
-        if not sums[0]:
+        metrics = self.metric.compute()  # every rank syncs, even one that saw no image
+        if not metrics:
             return {}
-        metrics = {f"psnr@{k}": float(sums[i + 2] / sums[0]) for i, k in enumerate(self.ks)}
-        metrics["psnr_mean_image"] = float(sums[1] / sums[0])
         metrics["bytes@full"] = token_bytes(self.tokenizer.num_tokens, self.tokenizer.codebook_size)
         return {**metrics, **self.jpeg}
 

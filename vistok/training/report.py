@@ -115,10 +115,10 @@ def save_prefix_pictures(module, stage: str, images_dir: Path, loggers: list) ->
     if points:
         pictures["psnr_vs_k"] = plot_psnr_vs_k(points, images_dir / f"psnr_vs_k_{stage}.png", title=f"PSNR@k ({stage})",
                                                baseline=module.val_metrics.get("psnr_mean_image"))
-    prefix = getattr(getattr(module, "_val", None), "prefix", None)  # this stage's validation accumulator
-    if prefix is not None and prefix.preview:
-        recons = {int(key[1:]): value for key, value in prefix.preview.items() if key.startswith("k")}
-        prefix_grid(prefix.preview["images"], recons).save(images_dir / f"prefix_{stage}.png")
+    preview = module.val_preview.get("prefix")  # this stage's last validation pass
+    if preview:
+        recons = {int(key[1:]): value for key, value in preview.items() if key.startswith("k")}
+        prefix_grid(preview["images"], recons).save(images_dir / f"prefix_{stage}.png")
         pictures["prefix"] = images_dir / f"prefix_{stage}.png"
     for logger in loggers:
         if hasattr(logger, "log_image"):
