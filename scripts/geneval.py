@@ -52,6 +52,7 @@ def dataset_urls(run_dir: Path, cache_dir: str) -> tuple[list[str], list[str], i
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from vistok.eval.attribute_classifier import ensure_classifier
     from vistok.generation.evaluate import run_geneval
     from vistok.generation.loading import load_generator
     from vistok.generation.sampling import SamplingOptions
@@ -66,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"geneval failed: {error}", file=sys.stderr)
         return 2
-    metrics = run_geneval(generator, train, val, resolution, Path(args.cache_dir) / "geneval", options,
-                          num_images=args.num_images, batch_size=args.batch_size)
+    judge = ensure_classifier(Path(args.cache_dir) / "geneval", train, val, resolution)
+    metrics = run_geneval(generator, judge, val, resolution, options, num_images=args.num_images,
+                          batch_size=args.batch_size)
     metrics["options"] = vars(options)
     print(json.dumps(metrics, indent=1))
     if args.out:

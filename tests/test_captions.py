@@ -225,6 +225,7 @@ def test_captioned_images_keep_large_images_at_their_size():
 def caption_module(compose_cfg):
     from omegaconf import open_dict
 
+    from vistok.training.prepare import prepare_run
     from vistok.training.runner import build_module
 
     class Captions:
@@ -236,6 +237,7 @@ def caption_module(compose_cfg):
     cfg = compose_cfg(["experiment=ett_mini", "debug=tiny", *TINY_LLM, "module.max_caption_tokens=8"])
     with open_dict(cfg):
         cfg.llm.path = cfg.llm.path + "-free-text"  # built from FREE_TEXT, apart from the generated data's
+    prepare_run(cfg, Captions())  # builds the tiny LLM from the free-text captions
     return build_module(cfg, Captions())
 
 

@@ -108,6 +108,7 @@ def test_fsdp_joint_run_writes_sharded_checkpoints_and_keeps_codebooks_identical
 def test_fsdp_export_equals_the_consolidated_checkpoint_in_one_process(fsdp_run, compose_cfg):
     """The run's exported tokenizer is the consolidated final checkpoint, which loads strictly."""
     from vistok.export import load_tokenizer
+    from vistok.training.prepare import prepare_run
     from vistok.training.runner import build_module
 
     run_dir, _, _ = fsdp_run
@@ -118,6 +119,7 @@ def test_fsdp_export_equals_the_consolidated_checkpoint_in_one_process(fsdp_run,
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare()
+    prepare_run(cfg, datamodule)
     module = build_module(cfg, datamodule)
     module.load_state_dict(checkpoint["state_dict"], strict=True)
     exported = load_tokenizer(run_dir / "tokenizer").eval()

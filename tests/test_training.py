@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from vistok.training.prepare import prepare_run
 from vistok.training.runner import build_module
 from vistok.training.stages import Stage
 
@@ -17,6 +18,7 @@ def ett_parts(compose_cfg):
     cfg = compose_cfg(["experiment=ett_mini", *TINY])
     datamodule = instantiate(cfg.data)
     datamodule.prepare()
+    prepare_run(cfg, datamodule)
     return cfg, datamodule, build_module(cfg, datamodule)
 
 

@@ -32,12 +32,14 @@ def joint_module_and_batch(stage: str = "ett", overrides: list[str] | None = Non
     """(module set to `stage` of ett_mini, a training batch of data.batch_size real images + captions, cfg)."""
     from hydra.utils import instantiate
 
+    from vistok.training.prepare import prepare_run
     from vistok.training.runner import build_module
     from vistok.training.stages import stages_from_config
 
     cfg = compose(["experiment=ett_mini", *(overrides or [])])
     datamodule = instantiate(cfg.data)
     datamodule.prepare()
+    prepare_run(cfg, datamodule)
     module = build_module(cfg, datamodule)
     stages = {s.name: s for s in stages_from_config(cfg.stages, None, cfg.get("stage_defaults"))}
     module.set_stage(stages[stage])

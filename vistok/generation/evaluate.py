@@ -6,17 +6,18 @@ from pathlib import Path
 
 import torch
 
-from vistok.eval.attribute_classifier import attribute_accuracy, ensure_classifier, load_split
+from vistok.eval.attribute_classifier import TrainedClassifier, attribute_accuracy, load_split
 from vistok.eval.geneval import score_generated
 from vistok.generation.generator import TextToImage, eval_mode
 from vistok.generation.grid import save_caption_grid
 from vistok.generation.sampling import SamplingOptions
 
 
-def run_geneval(generator: TextToImage, train_urls: list[str], val_urls: list[str], resolution: int,
-                cache_dir: str | Path, options: SamplingOptions, num_images: int = 200, batch_size: int = 100,
+def run_geneval(generator: TextToImage, judge: TrainedClassifier, val_urls: list[str], resolution: int,
+                options: SamplingOptions, num_images: int = 200, batch_size: int = 100,
                 grid_path: str | Path | None = None, progress: bool = True) -> dict[str, float]:
-    """geneval_* metrics of `generator` on the first `num_images` held-out captions.
+    """geneval_* metrics of `generator` on the first `num_images` held-out captions, scored by `judge` (the
+    attribute classifier of this dataset, `vistok.eval.attribute_classifier.ensure_classifier`).
 
     Besides the generated images' scores (see vistok/eval/geneval.py) it reports the judge's accuracy on
     the real held-out images (`geneval_classifier_accuracy`) and on the tokenizer's reconstructions of the
@@ -24,7 +25,6 @@ def run_geneval(generator: TextToImage, train_urls: list[str], val_urls: list[st
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
-    judge = ensure_classifier(cache_dir, train_urls, val_urls, resolution)
     real, captions = load_split(val_urls, resolution, limit=num_images)
     generated = generator.generate(captions, options, batch_size=batch_size, progress=progress)
     metrics = score_generated(judge.model, generated.images, captions, seed=options.seed)

@@ -33,6 +33,7 @@ from vistok.training.checkpointing import (
 )
 from vistok.training.module import VistokModule
 from vistok.training.preemption import PreemptionCheckpoint, install_preemption_handler
+from vistok.training.prepare import prepare_run
 from vistok.training.quiet import quiet_libraries
 from vistok.training.replicas import ReplicaCheck
 from vistok.training.report import RunReport, save_stage_pictures
@@ -42,12 +43,10 @@ from vistok.training.run_names import log_run_config, logger_overrides
 from vistok.training.stages import Stage, stages_from_config
 
 
-def build_llm(cfg: DictConfig, datamodule):
-    """The LLM: built from a config and saved first when `llm.build` is set, then always loaded from disk."""
-    from vistok.models.llm import CausalLM, build_tiny_llm
+def build_llm(cfg: DictConfig):
+    """The LLM, loaded from `llm.path` (the prepare phase wrote it there first when `llm.build` is set)."""
+    from vistok.models.llm import CausalLM
 
-    if cfg.get("build"):
-        build_tiny_llm(cfg.path, datamodule.train_captions(), **cfg.build)
     return CausalLM(cfg.path, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing)
 
 
@@ -55,11 +54,11 @@ def build_llm(cfg: DictConfig, datamodule):
 MODEL_KEYS = ("generation", "max_caption_tokens")
 
 
-def build_model(cfg: DictConfig, datamodule) -> UnifiedModel:
+def build_model(cfg: DictConfig) -> UnifiedModel:
     """The unified model of an experiment: tokenizer, and when `llm` is set the adapter (`llm_input`), the
     projector it reads through (if it reads embeddings), the LLM and, with `module.generation`, the visual head."""
     tokenizer = instantiate(cfg.tokenizer)
-    llm = build_llm(cfg.llm, datamodule) if cfg.get("llm") else None
+    llm = build_llm(cfg.llm) if cfg.get("llm") else None
     adapter = instantiate(cfg.llm_input) if llm is not None else None
     projector = None
     if llm is not None and adapter.needs_projector and cfg.get("projector"):
@@ -72,7 +71,7 @@ def build_module(cfg: DictConfig, datamodule) -> VistokModule:
     module_cfg = OmegaConf.to_container(cfg.module, resolve=True)
     for key in MODEL_KEYS:
         module_cfg.pop(key)
-    return instantiate(module_cfg, model=build_model(cfg, datamodule), loss=instantiate(cfg.loss),
+    return instantiate(module_cfg, model=build_model(cfg), loss=instantiate(cfg.loss),
                        caption_schema=datamodule.caption_schema)
 
 
@@ -161,14 +160,7 @@ def save_exports(cfg: DictConfig, module: VistokModule, out_dir: Path, meta: dic
         save_llm(module.model, _projector_config(cfg, module), out_dir / "llm")
 
 
-def geneval_enabled(cfg: DictConfig, module: VistokModule) -> bool:
-    enabled = bool(OmegaConf.select(cfg, "geneval.enabled", default=False))
-    if enabled and module.visual_head is None:
-        raise ValueError("geneval.enabled=true needs a model that generates (module.generation=true)")
-    return enabled
-
-
-def geneval(cfg: DictConfig, module: VistokModule, datamodule, out_dir: Path) -> dict:
+def geneval(cfg: DictConfig, module: VistokModule, datamodule, judge, out_dir: Path) -> dict:
     """Mini-GenEval of the final model (vistok/generation/evaluate.py); writes images/geneval.png."""
     from vistok.generation.evaluate import run_geneval
     from vistok.generation.generator import TextToImage
@@ -178,10 +170,9 @@ def geneval(cfg: DictConfig, module: VistokModule, datamodule, out_dir: Path) ->
     options = SamplingOptions(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
                               guidance_scale=g.guidance_scale, seed=g.seed)
     started = time.time()
-    metrics = run_geneval(TextToImage(module.model), datamodule.train_urls, datamodule.val_urls,
-                          datamodule.resolution, Path(cfg.paths.cache_dir) / "geneval", options,
-                          num_images=g.num_images, batch_size=g.batch_size, grid_path=out_dir / "images" / "geneval.png",
-                          progress=False)
+    metrics = run_geneval(TextToImage(module.model), judge, datamodule.val_urls, datamodule.resolution, options,
+                          num_images=g.num_images, batch_size=g.batch_size,
+                          grid_path=out_dir / "images" / "geneval.png", progress=False)
     metrics["geneval_seconds"] = round(time.time() - started, 1)
     print("geneval: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "/" not in k))
     return metrics
@@ -206,6 +197,7 @@ def _run(cfg: DictConfig) -> dict:
     torch.set_num_threads(cfg.num_threads) if cfg.get("num_threads") else None
     datamodule = instantiate(cfg.data)
     datamodule.prepare()
+    prepared = prepare_run(cfg, datamodule)
     module = build_module(cfg, datamodule)
     datamodule.require_captions = module.llm is not None  # caption training: a caption-less sample is corrupt
     if module.llm is not None:  # so that users can set module.max_caption_tokens from their captions
@@ -239,9 +231,9 @@ def _run(cfg: DictConfig) -> dict:
                           nan_skipped=module.nan_skips,
                           captions_truncated=module.captions_truncated if module.llm is not None else None)
         final = None
-        if geneval_enabled(cfg, module) and "geneval_accuracy" not in report.final:
+        if prepared.judge is not None and "geneval_accuracy" not in report.final:
             final = unsharded(cfg, module, datamodule, out_dir / "checkpoints" / stages[-1].name)
-            report.add_final(geneval(cfg, final, datamodule, out_dir))
+            report.add_final(geneval(cfg, final, datamodule, prepared.judge, out_dir))
         if cfg.export.enabled:
             final = final or unsharded(cfg, module, datamodule, out_dir / "checkpoints" / stages[-1].name)
             save_exports(cfg, final, out_dir, {"experiment": cfg.name, "step": report.data["steps"],
