@@ -30,6 +30,26 @@ def run_train(args: list[str], run_dir: Path, cache: Path, timeout: int = 600) -
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def train_tiny(args: list[str], run_dir: Path, cache: Path, metrics: tuple[str, ...] = ()) -> dict:
+    """`run_train` that must succeed and leave `metrics` in metrics.json's final numbers; and whose exported
+    tokenizer reloads with lookup(ids) == embeddings on 32 px images. Returns the final numbers."""
+    import json
+
+    import torch
+
+    from vistok import load_tokenizer
+
+    result = run_train(args, run_dir, cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = json.loads((run_dir / "metrics.json").read_text())["final"]
+    assert not [key for key in metrics if key not in final], sorted(final)
+    loaded = load_tokenizer(run_dir / "tokenizer")
+    with torch.no_grad():
+        out = loaded.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
+        assert torch.equal(loaded.lookup(out.indices), out.embeddings)
+    return final
+
+
 @pytest.fixture
 def compose_cfg(cache_dir, tmp_path):
     """compose_cfg(overrides) -> the resolved config train.py would see (output dir = tmp_path)."""

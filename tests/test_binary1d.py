@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import run_train
+from tests.conftest import run_train, train_tiny
 from vistok import load_tokenizer, save_tokenizer
 from vistok.eval.bits import bit_entropy
 from vistok.eval.tokens import code_histogram, codebook_stats
@@ -231,16 +231,8 @@ def test_instella_paper_decoder_uses_the_3_axis_rope_of_the_released_code(compos
 
 @pytest.mark.slow
 def test_binary1d_mini_tiny_run(tmp_path, cache_dir):
-    run_dir = tmp_path / "run"
-    result = run_train(["experiment=binary1d_mini", "debug=tiny"], run_dir, cache_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    final = json.loads((run_dir / "metrics.json").read_text())["final"]
-    for key in ("psnr", "bit_entropy", "token_bit_entropy", "psnr_train_mode", "train_eval_psnr_gap"):
-        assert key in final, key
-    loaded = load_tokenizer(run_dir / "tokenizer")
-    with torch.no_grad():
-        out = loaded.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
-        assert torch.equal(loaded.lookup(out.indices), out.embeddings)
+    train_tiny(["experiment=binary1d_mini", "debug=tiny"], tmp_path / "run", cache_dir,
+               ("psnr", "bit_entropy", "token_bit_entropy", "psnr_train_mode", "train_eval_psnr_gap"))
 
 
 @pytest.mark.slow

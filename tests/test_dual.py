@@ -8,8 +8,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import run_train
-from vistok import load_tokenizer
+from tests.conftest import run_train, train_tiny
 from vistok.losses.semantic import SemanticDistillation
 from vistok.tokenizers.dual import DualTokenizer
 from vistok.tokenizers.modules.conv import ConvDecoder, ConvEncoder
@@ -327,16 +326,8 @@ def test_configs_compose(compose_cfg):
 @pytest.mark.slow
 def test_dual_mini_tiny_run(tmp_path, cache_dir):
     """dual_mini end to end on tiny data: the teacher is built, probes and metrics land, the export reloads."""
-    run_dir = tmp_path / "run"
-    result = run_train(["experiment=dual_mini", "debug=tiny", "data.num_val=128"], run_dir, cache_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    final = json.loads((run_dir / "metrics.json").read_text())["final"]
-    for key in ("psnr", "codebook_usage", "probe_accuracy", "probe_accuracy/histogram", "probe_accuracy/flat"):
-        assert key in final, key
-    loaded = load_tokenizer(run_dir / "tokenizer")
-    with torch.no_grad():
-        out = loaded.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
-        assert torch.equal(loaded.lookup(out.indices), out.embeddings)
+    train_tiny(["experiment=dual_mini", "debug=tiny", "data.num_val=128"], tmp_path / "run", cache_dir,
+               ("psnr", "codebook_usage", "probe_accuracy", "probe_accuracy/histogram", "probe_accuracy/flat"))
 
 
 @pytest.mark.slow
