@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed.checkpoint as dcp
 
+from vistok.training.prepare import prepare_run
 from vistok.training.runner import build_module
 from vistok.training.sharding import (
     _uncovered_parameters,
@@ -20,6 +21,7 @@ def _ett_module(compose_cfg):
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare()
+    prepare_run(cfg, datamodule)  # the tiny LLM
     return build_module(cfg, datamodule)
 
 
