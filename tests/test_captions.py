@@ -184,7 +184,8 @@ def test_the_data_config_gives_the_caption_schema(compose_cfg, img2dataset_shard
 
     generated = instantiate(compose_cfg(["experiment=ett_mini"]).data)
     assert list(generated.caption_schema.slots) == ["size", "colour", "shape", "position", "mark"]
-    assert instantiate(compose_cfg(["experiment=ett_mini", *shard_args(*img2dataset_shards)]).data).caption_schema is None
+    shards = instantiate(compose_cfg(["experiment=ett_mini", *shard_args(*img2dataset_shards)]).data)
+    assert shards.caption_schema is None
 
 
 def _text_rows(image: Image.Image, top: int) -> np.ndarray:
