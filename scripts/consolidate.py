@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="a distributed checkpoint directory (holds .metadata)")
     parser.add_argument("out", nargs="?", default=None, help="output file (default <checkpoint>.consolidated.ckpt)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    from vistok.training.sharding import consolidate_checkpoint
+    from vistok.checkpoint_files import consolidate_checkpoint
 
     try:
         out = consolidate_checkpoint(args.checkpoint, args.out)

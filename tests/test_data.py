@@ -196,7 +196,7 @@ def test_ensure_generated_reuses_cache(tmp_path):
     os.utime(first_shard, ns=(stamp - 10**9, stamp - 10**9))  # any rewrite would move it forward
     assert ensure_generated(str(tmp_path), **kwargs) == (train, val)
     assert os.stat(first_shard).st_mtime_ns == stamp - 10**9
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temporary left behind
     other_train, _ = ensure_generated(str(tmp_path), **{**kwargs, "seed": 2})
     assert os.path.dirname(other_train) != os.path.dirname(train)
     # Train and validation come from different derived seeds.

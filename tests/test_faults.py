@@ -551,7 +551,7 @@ def test_init_from_and_exports_never_unpickle(tmp_path):
     import pickle
 
     from vistok import load_tokenizer
-    from vistok.training.checkpointing import load_weights
+    from vistok.checkpoint_files import load_weights
 
     marker = tmp_path / "code-ran"
     write_malicious_checkpoint(tmp_path / "evil.ckpt", marker)

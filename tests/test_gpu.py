@@ -41,7 +41,7 @@ def test_fsdp2_with_bf16_parameters_on_one_gpu_then_consolidates(tmp_path, cache
     last = run_dir / "checkpoints" / "ett" / "last.ckpt"
     assert last.is_dir(), "FSDP2 writes distributed checkpoint directories"
 
-    from vistok.training.sharding import consolidate_checkpoint
+    from vistok.checkpoint_files import consolidate_checkpoint
 
     state = torch.load(consolidate_checkpoint(last, tmp_path / "one.ckpt"), weights_only=True)["state_dict"]
     assert all(t.dtype == torch.float32 for t in state.values() if t.is_floating_point()), \

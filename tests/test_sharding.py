@@ -5,14 +5,10 @@ from __future__ import annotations
 import torch
 import torch.distributed.checkpoint as dcp
 
+from vistok.checkpoint_files import consolidate_checkpoint, load_checkpoint
 from vistok.training.prepare import prepare_run
 from vistok.training.runner import build_module
-from vistok.training.sharding import (
-    _uncovered_parameters,
-    consolidate_checkpoint,
-    load_checkpoint,
-    shard_units,
-)
+from vistok.training.sharding import _uncovered_parameters, shard_units
 
 
 def _ett_module(compose_cfg):

@@ -11,9 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from vistok import untrusted
+from vistok.atomic import atomic_path
 
 FORMAT_VERSION = 1
 # config.json = {"tokenizer": <tree>}: the init kwargs of vistok.hub.HubTokenizer
@@ -58,20 +56,27 @@ def save_tokenizer(tokenizer: torch.nn.Module, config: DictConfig | dict, out_di
     is then replaced as a whole. Anything else (a directory of other files, a file, a symlink, the current
     directory or one above it, home, the root) is refused before anything is written.
     """
+    return write_directory(out_dir, export_writer(tokenizer, config, meta), is_vistok_export, overwrite)
+
+
+def export_writer(tokenizer: torch.nn.Module, config: DictConfig | dict,
+                  meta: dict | None = None) -> Callable[[Path], None]:
+    """`write(folder)`, which fills an empty folder with the export of `tokenizer`. The config is checked and
+    the weights copied now, so a refused config fails before any destination is touched."""
     plain = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
     check_targets(plain)
     state = cpu_state(tokenizer)
     info = {"format_version": FORMAT_VERSION, "versions": _versions(), "git_commit": _git_commit(),
             **(meta or {})}
 
-    def write(tmp: Path) -> None:
-        save_file(state, str(tmp / "model.safetensors"))
-        OmegaConf.save(OmegaConf.create(plain), tmp / "config.yaml")
-        (tmp / "config.json").write_text(json.dumps({HUB_CONFIG_KEY: plain}, indent=2))
-        (tmp / "meta.json").write_text(json.dumps(info, indent=2, default=float))
-        (tmp / "README.md").write_text(_model_card(plain, info, state))
+    def write(folder: Path) -> None:
+        save_file(state, str(folder / "model.safetensors"))
+        OmegaConf.save(OmegaConf.create(plain), folder / "config.yaml")
+        (folder / "config.json").write_text(json.dumps({HUB_CONFIG_KEY: plain}, indent=2))
+        (folder / "meta.json").write_text(json.dumps(info, indent=2, default=float))
+        (folder / "README.md").write_text(_model_card(plain, info, state))
 
-    return write_directory(out_dir, write, is_vistok_export, overwrite)
+    return write
 
 
 # ---- the export directory: created new, or an export replaced whole ------------------------------------
@@ -90,23 +95,17 @@ def is_vistok_export(path: Path) -> bool:
 
 def write_directory(out_dir: str | Path, write: Callable[[Path], None], is_ours: Callable[[Path], bool],
                     overwrite: bool) -> Path:
-    """`write(tmp)` fills a fresh hidden directory beside `out_dir`, which then becomes `out_dir`.
+    """`write(tmp)` fills a fresh hidden directory beside `out_dir`, which then becomes `out_dir`
+    (`vistok.atomic`: the temporary directory is removed on every failure).
 
-    The temporary directory is removed on every failure. An existing `out_dir` that `is_ours` says is an
-    earlier export is replaced only with `overwrite`: moved aside, the new one renamed in, then the old one
-    deleted, so a crash at any point leaves at least one whole export on disk.
+    An existing `out_dir` that `is_ours` says is an earlier export is replaced only with `overwrite`: moved
+    aside, the new one renamed in, then the old one deleted, so a crash at any point leaves at least one whole
+    export on disk. Anything else is refused before `write` runs.
     """
     out_dir = Path(out_dir)
     replacing = check_destination(out_dir, is_ours, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
-    try:
+    with atomic_path(out_dir, directory=True, if_exists="replace" if replacing else "refuse") as tmp:
         write(tmp)
-        _share_like_other_outputs(tmp)
-        _publish(tmp, out_dir, replacing)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -142,36 +141,6 @@ def _home() -> Path | None:
         return Path.home().resolve()
     except RuntimeError:  # no HOME and no passwd entry: there is no home to protect
         return None
-
-
-def _publish(tmp: Path, out_dir: Path, replacing: bool) -> None:
-    if not replacing:
-        os.rename(tmp, out_dir)  # also takes the place of an empty directory; refuses a non-empty one
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.replaced-", dir=out_dir.parent))
-    os.rename(out_dir, old / out_dir.name)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old / out_dir.name, out_dir)  # put the old export back
-        old.rmdir()
-        raise
-    shutil.rmtree(old)
-
-
-def _share_like_other_outputs(folder: Path) -> None:
-    """mkdtemp (and safetensors) make private files; give the export the modes `open`/`mkdir` give under the
-    user's umask, so a group that reads the run directory reads its export too."""
-    mask = _umask()
-    for path in [folder, *folder.rglob("*")]:
-        if not path.is_symlink():
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _versions() -> dict[str, str]:

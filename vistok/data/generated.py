@@ -11,16 +11,16 @@ serves this dataset and real web-scale shards.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import shutil
 import tarfile
-import tempfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from vistok.cache import cached
 
 SLOTS: dict[str, tuple[str, ...]] = {
     "size": ("small", "large"),
@@ -52,7 +52,6 @@ _RADII: dict[str, float] = {"small": 4.0, "large": 7.0}
 _REF = 32.0
 # Bumped whenever rendering or the shard layout changes, so stale caches are not reused.
 _FORMAT_VERSION = 1
-_COMPLETE_MARKER = "COMPLETE"
 
 
 def caption_from_attributes(attrs: dict) -> str:
@@ -241,21 +240,13 @@ def _brace_pattern(directory: str, split: str, num_shards: int) -> str:
     return os.path.join(directory, f"{split}-{{00000..{num_shards - 1:05d}}}.tar")
 
 
-def _cache_name(params: dict) -> str:
-    """Directory name derived from a short hash of every generation parameter."""
-    blob = json.dumps({**params, "format_version": _FORMAT_VERSION}, sort_keys=True)
-    return "shapes-cap-" + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
-
-
-def _generate_into(directory: str, params: dict) -> None:
-    """Write both splits and then the completion marker (last, so its presence means complete)."""
+def _generate_into(directory: Path, params: dict) -> None:
+    """Write both splits and the parameters they were generated from into an empty `directory`."""
     common = {k: params[k] for k in ("resolution", "mark_size", "mark_contrast", "samples_per_shard")}
-    write_shards(directory, "train", params["num_train"], _split_seed(params["seed"], 0), **common)
-    write_shards(directory, "val", params["num_val"], _split_seed(params["seed"], 1), **common)
-    with open(os.path.join(directory, "params.json"), "w") as handle:
+    write_shards(str(directory), "train", params["num_train"], _split_seed(params["seed"], 0), **common)
+    write_shards(str(directory), "val", params["num_val"], _split_seed(params["seed"], 1), **common)
+    with open(directory / "params.json", "w") as handle:
         json.dump(params, handle, sort_keys=True, indent=1)
-    with open(os.path.join(directory, _COMPLETE_MARKER), "w") as handle:
-        handle.write("ok\n")
 
 
 def ensure_generated(
@@ -268,7 +259,8 @@ def ensure_generated(
     mark_contrast: float = 0.5,
     samples_per_shard: int = 1000,
 ) -> tuple[str, str]:
-    """Generate the dataset into a parameter-keyed cache directory unless it is already there.
+    """Generate the dataset into a parameter-keyed cache directory (`shapes-cap-<key>`, see `vistok.cache`)
+    unless it is already there.
 
     Generation goes to a temporary directory that is renamed into place, so concurrent callers (e.g.
     several ranks) and interrupted runs never expose a half-written cache.
@@ -282,28 +274,7 @@ def ensure_generated(
                   mark_size=mark_size, mark_contrast=float(mark_contrast),
                   samples_per_shard=samples_per_shard)
     cache_dir = os.path.abspath(os.path.expanduser(str(cache_dir)))
-    final = os.path.join(cache_dir, _cache_name(params))
-    if not os.path.exists(os.path.join(final, _COMPLETE_MARKER)):
-        _generate_atomically(cache_dir, final, params)
+    final = str(cached(cache_dir, "shapes-cap-", {**params, "format_version": _FORMAT_VERSION},
+                       lambda tmp: _generate_into(tmp, params), directory=True))
     return (_brace_pattern(final, "train", -(-num_train // samples_per_shard)),
             _brace_pattern(final, "val", -(-num_val // samples_per_shard)))
-
-
-def _generate_atomically(cache_dir: str, final: str, params: dict) -> None:
-    """Generate into a sibling temp dir and rename it to `final`; tolerate losing a race."""
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(final) + "-", dir=cache_dir)
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
-        _generate_into(tmp, params)
-        if os.path.isdir(final) and not os.path.exists(os.path.join(final, _COMPLETE_MARKER)):
-            # Leftover from an older, non-atomic writer: replace it.
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            # Another process renamed its copy first; theirs is identical (same parameters).
-            if not os.path.exists(os.path.join(final, _COMPLETE_MARKER)):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

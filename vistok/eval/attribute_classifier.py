@@ -7,10 +7,6 @@ to a generator), checked on the real held-out images, and cached by the data and
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vistok.cache import cached
 from vistok.data.generated import SLOTS, parse_caption
 
 _FORMAT_VERSION = 1  # bumped when the architecture or the training recipe changes
@@ -146,32 +143,25 @@ class TrainedClassifier:
 def ensure_classifier(cache_dir: str | Path, train_urls: str | list[str], val_urls: str | list[str],
                       resolution: int, recipe: ClassifierRecipe | None = None) -> TrainedClassifier:
     """The judge for this dataset: loaded from `cache_dir` when a finished one is there, else trained on the
-    real training images, scored on the real held-out images and saved (atomically). The cache key holds
-    the training shards' paths (the generated dataset's directory names hash its parameters)."""
+    real training images, scored on the real held-out images and saved (atomically, as
+    `attribute-classifier-<key>.pt`). The cache key holds the training shards' paths (the generated dataset's
+    directory names hash its parameters)."""
     from vistok.data.wds import expand_urls
 
     recipe = recipe or ClassifierRecipe()
-    key = json.dumps({"train": expand_urls(train_urls), "resolution": resolution, **asdict(recipe),
-                      "format": _FORMAT_VERSION}, sort_keys=True)
-    path = Path(cache_dir) / f"attribute-classifier-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model = AttributeClassifier(resolution, recipe.width, recipe.hidden)
-        model.load_state_dict(saved["state_dict"])
-        return TrainedClassifier(model.eval(), saved["heldout_accuracy"], path)
+    params = {"train": expand_urls(train_urls), "resolution": resolution, **asdict(recipe),
+              "format": _FORMAT_VERSION}
+    path = cached(cache_dir, "attribute-classifier-", params, suffix=".pt",
+                  build=lambda tmp: _train_and_save(tmp, train_urls, val_urls, resolution, recipe))
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = AttributeClassifier(resolution, recipe.width, recipe.hidden)
+    model.load_state_dict(saved["state_dict"])
+    return TrainedClassifier(model.eval(), saved["heldout_accuracy"], path)
+
+
+def _train_and_save(path: Path, train_urls: str | list[str], val_urls: str | list[str], resolution: int,
+                    recipe: ClassifierRecipe) -> None:
+    """Train a judge on the real training images, score it on the held-out ones, save both to `path`."""
     model = train_classifier(*load_split(train_urls, resolution), recipe)
     heldout = attribute_accuracy(model, *load_split(val_urls, resolution))
-    _save_atomically({"state_dict": model.state_dict(), "heldout_accuracy": heldout}, path)
-    return TrainedClassifier(model, heldout, path)
-
-
-def _save_atomically(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    torch.save({"state_dict": model.state_dict(), "heldout_accuracy": heldout}, path)

@@ -13,20 +13,19 @@ predict the first caption token: the visual prefix plays the role of <bos>.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from vistok.cache import cached_at
+
 IGNORE_INDEX = -100
 BOS_TOKEN, EOS_TOKEN, PAD_TOKEN = "<|bos|>", "<|eos|>", "<|pad|>"
-# Written last into a tiny-LLM directory: its presence means the save finished, its content says
-# which build parameters produced the model.
+# In every tiny-LLM directory: the build parameters that produced the model (see `vistok.cache.cached_at`).
 MARKER_FILE = "vistok_tiny_llm.json"
 
 
@@ -86,48 +85,6 @@ def _build_spec(captions: list[str], **params) -> dict:
     return {**params, "captions_sha256": digest, "num_captions": len(captions)}
 
 
-def _is_complete(out_dir: str, spec: dict | None = None) -> bool:
-    """True if `out_dir` holds a finished tiny-LLM save (and, if `spec` is given, built from it)."""
-    marker = os.path.join(out_dir, MARKER_FILE)
-    if not os.path.isfile(marker):
-        return False
-    has_weights = any(
-        os.path.isfile(os.path.join(out_dir, f))
-        for f in ("model.safetensors", "model.safetensors.index.json")
-    )
-    has_files = all(
-        os.path.isfile(os.path.join(out_dir, f))
-        for f in ("config.json", "tokenizer.json", "tokenizer_config.json")
-    )
-    if not (has_weights and has_files):
-        return False
-    if spec is None:
-        return True
-    with open(marker) as f:
-        return json.load(f) == spec
-
-
-def _publish(tmp_dir: str, out_dir: str, spec: dict) -> None:
-    """Moves a finished save into place; the rename is atomic on one filesystem."""
-    if os.path.exists(out_dir):
-        # Only ever replace a previous tiny-LLM build (or an empty dir), never unrelated data.
-        if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MARKER_FILE)):
-            raise FileExistsError(f"{out_dir} exists and is not a vistok tiny LLM; refusing to replace it")
-        stale = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.stale-", dir=os.path.dirname(out_dir))
-        os.rmdir(stale)
-        try:
-            os.rename(out_dir, stale)
-        except FileNotFoundError:  # another process moved it first
-            pass
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        os.rename(tmp_dir, out_dir)
-    except OSError:
-        # Another process (e.g. another rank) published at the same time; fine if it built the same.
-        if not _is_complete(out_dir, spec):
-            raise
-
-
 def build_tiny_llm(
     out_dir: str,
     captions: list[str],
@@ -142,8 +99,9 @@ def build_tiny_llm(
     """Builds (or reuses) a randomly initialised Llama + BPE tokenizer trained on `captions`.
 
     Both are saved with `save_pretrained(out_dir)` (safetensors), so `CausalLM(out_dir)` loads them
-    like any Hub checkpoint. A directory already holding a complete build with the same parameters is
-    reused as is. The save goes to a temp dir renamed into place, so a crash never leaves half a model.
+    like any Hub checkpoint. A directory already holding a build with the same parameters is reused as is;
+    one holding a build with other parameters is replaced, anything else is refused (FileExistsError). The
+    save goes to a temporary directory renamed into place, so a crash never leaves half a model.
 
     Args:
         out_dir: target directory.
@@ -156,22 +114,19 @@ def build_tiny_llm(
     Returns:
         out_dir.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    intermediate_size = intermediate_size or 4 * hidden_size
     out_dir = os.path.abspath(out_dir)
-    spec = _build_spec(
-        captions,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        intermediate_size=intermediate_size,
-        vocab_size=vocab_size,
-        max_position_embeddings=max_position_embeddings,
-        seed=seed,
-    )
-    if _is_complete(out_dir, spec):
-        return out_dir
+    params = dict(hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                  intermediate_size=intermediate_size or 4 * hidden_size, vocab_size=vocab_size,
+                  max_position_embeddings=max_position_embeddings, seed=seed)
+    cached_at(out_dir, _build_spec(captions, **params),
+              lambda folder: _save_tiny_llm(folder, captions, **params), marker=MARKER_FILE)
+    return out_dir
+
+
+def _save_tiny_llm(folder: Path, captions: list[str], hidden_size: int, num_layers: int, num_heads: int,
+                   intermediate_size: int, vocab_size: int, max_position_embeddings: int, seed: int) -> None:
+    """Train the BPE tokenizer, initialise the Llama from `seed` and `save_pretrained` both into `folder`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_text_tokenizer(captions, vocab_size=vocab_size)
     config = LlamaConfig(
@@ -190,19 +145,8 @@ def build_tiny_llm(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
-        model.save_pretrained(tmp_dir, safe_serialization=True)
-        tokenizer.save_pretrained(tmp_dir)
-        with open(os.path.join(tmp_dir, MARKER_FILE), "w") as f:
-            json.dump(spec, f, indent=2, sort_keys=True)
-        _publish(tmp_dir, out_dir, spec)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return out_dir
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
 
 
 # --------------------------------------------------------------------------------------------------

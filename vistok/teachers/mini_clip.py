@@ -5,8 +5,6 @@ Nothing is downloaded, so every dual-family experiment runs offline.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vistok.cache import cached
 from vistok.teachers import freeze
 from vistok.tokenizers.modules.conv import ConvEncoder
 
@@ -125,29 +124,37 @@ def build_mini_clip(cache_dir: str, data, dim: int = 32, base_channels: int = 16
     when it is not there (a few seconds to a minute on a CPU). Returns it frozen, in eval mode.
 
     Args:
-        cache_dir: parent folder; the teacher lives in a sub-folder named after its settings and data.
+        cache_dir: parent folder; the teacher lives in an export folder `mini_clip-d<dim>-<key>`, the key
+            hashing its settings and data (`vistok.cache`).
         data: a datamodule (`prepare()`, `train_urls`, `val_urls`, `resolution`) whose training pairs teach it.
         steps: optimiser steps, at most `max_epochs` passes over the pairs (small test datasets stay fast).
     """
-    from vistok.export import load_tokenizer, save_tokenizer
+    from vistok.export import load_tokenizer
 
     data.prepare()
     settings = {"dim": dim, "base_channels": base_channels, "ch_mult": list(ch_mult), "steps": steps,
                 "max_epochs": max_epochs,
                 "batch_size": batch_size, "lr": lr, "seed": seed, "resolution": data.resolution,
                 "train": [Path(u).name for u in data.train_urls], "data_dir": str(Path(data.train_urls[0]).parent)}
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    folder = Path(cache_dir) / f"mini_clip-d{dim}-{digest}"
-    if (folder / "model.safetensors").is_file():
-        return freeze(load_tokenizer(folder))
+    folder = cached(cache_dir, f"mini_clip-d{dim}-", settings,
+                    lambda tmp: _train_and_export(tmp, data, settings), directory=True)
+    return freeze(load_tokenizer(folder))
+
+
+def _train_and_export(folder: Path, data, settings: dict) -> None:
+    """Train the mini-CLIP that `settings` describe on `data`; write it into `folder` as a vistok export."""
+    from vistok.export import export_writer
+
     start = time.time()
     images, captions = _read_pairs(data.train_urls, data.resolution)
     vocabulary = sorted({w for c in captions for w in _words(c)})
-    steps = max(1, min(steps, int(max_epochs * len(captions) / batch_size)))
+    dim, base_channels, ch_mult = settings["dim"], settings["base_channels"], tuple(settings["ch_mult"])
+    batch_size, seed = settings["batch_size"], settings["seed"]
+    steps = max(1, min(settings["steps"], int(settings["max_epochs"] * len(captions) / batch_size)))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = MiniCLIP(vocabulary, dim, base_channels, tuple(ch_mult))
-        losses = train_mini_clip(model, images, captions, steps, batch_size, lr, seed)
+        model = MiniCLIP(vocabulary, dim, base_channels, ch_mult)
+        losses = train_mini_clip(model, images, captions, steps, batch_size, settings["lr"], seed)
     model.eval()
     val_images, val_captions = _read_pairs(data.val_urls, data.resolution)
     meta = {"experiment": "mini_clip teacher", "step": steps, "settings": settings, "train_pairs": len(captions),
@@ -155,7 +162,6 @@ def build_mini_clip(cache_dir: str, data, dim: int = 32, base_channels: int = 16
             "metrics": {"val_retrieval_accuracy": retrieval_accuracy(model, val_images, val_captions)}}
     config = {"_target_": "vistok.teachers.mini_clip.MiniCLIP", "vocabulary": vocabulary, "dim": dim,
               "base_channels": base_channels, "ch_mult": list(ch_mult)}
-    save_tokenizer(model, config, folder, meta)
+    export_writer(model, config, meta)(folder)
     print(f"mini-CLIP teacher trained in {meta['seconds']:.0f}s: val retrieval accuracy "
-          f"{meta['metrics']['val_retrieval_accuracy']:.3f}, saved to {folder}")
-    return freeze(load_tokenizer(folder))
+          f"{meta['metrics']['val_retrieval_accuracy']:.3f}, saved in {folder.parent}")

@@ -1,8 +1,8 @@
 """Checkpoints that survive faults.
 
-- Writes are atomic: a checkpoint is written to a hidden partial file beside its final name, flushed to
-  disk, then renamed over it, so a kill during a save leaves the previous checkpoint intact and never a
-  truncated one under a name resume would pick.
+- Writes are atomic (`vistok.atomic`): a checkpoint is written to a hidden partial file beside its final
+  name, flushed to disk, then renamed over it, so a kill during a save leaves the previous checkpoint intact
+  and never a truncated one under a name resume would pick.
 - A checkpoint holding NaN/inf weights is refused rather than written over a good one.
 - Resume picks the newest checkpoint of a stage that loads, and first checks that it fits the model
   built from the current config (naming the config keys and tensors that differ instead of a shape dump).
@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,16 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
-from vistok.checkpoint_files import CONFIG_KEY, META_FILENAME, is_distributed_checkpoint, load_checkpoint
+from vistok.atomic import PARTIAL_TAG, atomic_path, remove
+from vistok.checkpoint_files import (
+    CONFIG_KEY,
+    is_distributed_checkpoint,
+    load_checkpoint,
+    load_weights,  # noqa: F401  (runner.py imports it from here)
+    read_checkpoint,
+    trainer_state,
+)
 
-PARTIAL_TAG = ".partial-"  # hidden `.<name>.partial-<pid>` files are saves still in progress (or killed)
 COUNTERS_KEY = "vistok_counters"
 MODEL_CONFIG_GROUPS = ("tokenizer", "llm", "projector", "module")
 _SHOWN = 5  # differing tensors listed in an error message
@@ -60,19 +66,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or _is_remote(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
         check_finite(checkpoint.get("state_dict", {}), path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}{PARTIAL_TAG}{os.getpid()}")
-        try:
-            with open(partial, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-        _fsync_dir(path.parent)  # make the rename itself durable
+        with atomic_path(path) as partial:
+            torch.save(checkpoint, partial)
 
     def load_checkpoint(self, path, map_location: Any = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
@@ -95,19 +91,6 @@ def check_finite(state_dict: dict[str, Any], path: Path | str) -> None:
             "at the tensors named here).")
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # some filesystems do not allow opening directories; the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _is_remote(path) -> bool:
     return "://" in str(path)
 
@@ -115,16 +98,12 @@ def _is_remote(path) -> bool:
 # ---- choosing the checkpoint to resume from --------------------------------------------------------
 
 
-def read_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Load a Lightning checkpoint safely (no arbitrary unpickling); tensors are memory-mapped, not read."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-
-
 def remove_partial_saves(stage_dir: Path) -> list[Path]:
-    """Delete what killed saves left behind (never a complete checkpoint). Returns what was removed."""
-    partial = [p for p in Path(stage_dir).glob(f".*{PARTIAL_TAG}*") if p.is_file()]
+    """Delete what killed saves left behind, files and FSDP2 directories (never a complete checkpoint).
+    Returns what was removed."""
+    partial = list(Path(stage_dir).glob(f".*{PARTIAL_TAG}*"))
     for path in partial:
-        path.unlink(missing_ok=True)  # another rank may have removed it first
+        remove(path)  # another rank may have removed it first
     return partial
 
 
@@ -168,7 +147,7 @@ def checked_resume_checkpoint(module, stage_dir: Path | str,
     if path is None:
         return None
     if path.is_dir():  # sharded: its tensors are only readable by consolidating, so Lightning checks them
-        checkpoint = read_checkpoint(path / META_FILENAME) if (path / META_FILENAME).is_file() else {}
+        checkpoint = trainer_state(path)
         print(f"resuming stage '{Path(stage_dir).name}' from the distributed checkpoint {path} at step "
               f"{checkpoint.get('vistok', {}).get('stage_step', '?')} of the stage (global step "
               f"{checkpoint.get('global_step', '?')})")
@@ -277,7 +256,7 @@ def load_finished_stage(module: torch.nn.Module, stage_dir: Path,
     if not (path.is_file() or is_distributed_checkpoint(path)):
         raise FileNotFoundError(f"{stage_dir} is marked done but has no last.ckpt; delete its 'done' marker "
                                 "to train the stage again")
-    checkpoint = load_checkpoint(path) if path.is_dir() else read_checkpoint(path)
+    checkpoint = load_checkpoint(path)
     check_resumable(module, checkpoint, path, config)
     module.load_state_dict(checkpoint["state_dict"])
     restore_counters(module, checkpoint)
@@ -288,12 +267,6 @@ def restore_counters(module, checkpoint: dict[str, Any]) -> None:
     for name, value in checkpoint.get(COUNTERS_KEY, {}).items():
         if name in COUNTERS:
             setattr(module, name, int(value))
-
-
-def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
-    """The `state_dict` of a Lightning checkpoint (file or FSDP2 directory), loaded without unpickling
-    arbitrary objects."""
-    return load_checkpoint(path)["state_dict"]
 
 
 # ---- state that Lightning does not checkpoint -----------------------------------------------------

@@ -13,23 +13,23 @@ their EMA statistics themselves (bound at the first training forward, see quanti
 every rank starts from the same seed, so codebooks stay identical across ranks.
 
 Checkpoints of an FSDP2 run are directories (`.metadata`, one `__<rank>_0.distcp` per rank and
-Lightning's `meta.pt`); `load_checkpoint` reads those and single files alike, and
-`consolidate_checkpoint` turns a directory into one file that loads strictly into a
-single-process module.
+Lightning's `meta.pt`), written whole or not at all (`vistok.atomic`); vistok.checkpoint_files reads those and
+single files alike, and consolidates a directory into one file that loads strictly into a single-process
+module.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
-# Reading checkpoints needs no Lightning (exports run without it): that half lives in vistok.checkpoint_files.
-from vistok.checkpoint_files import META_FILENAME, is_distributed_checkpoint, load_checkpoint  # noqa: F401
+from vistok.atomic import atomic_path
+# runner.py imports both from here
+from vistok.checkpoint_files import consolidate_checkpoint, is_distributed_checkpoint  # noqa: F401
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -63,32 +63,17 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
-        """Write a distributed checkpoint next to its final path, then swap it in: a kill during the
-        save leaves the previous checkpoint intact (and a `.partial` directory that nothing reads)."""
+        """Every rank writes its shard into one hidden directory beside the final path, which rank 0 then
+        renames into place: a kill during the save leaves the previous checkpoint intact (and a hidden
+        partial directory that resume removes)."""
         if not self._save_distributed_checkpoint:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         final = Path(self.broadcast(str(filepath)))
-        partial = final.with_name(final.name + ".partial")
-        if self.global_rank == 0 and partial.exists():
-            shutil.rmtree(partial)
-        self.barrier("vistok_ckpt_prepare")
-        super().save_checkpoint(checkpoint, partial, storage_options)
-        self.barrier("vistok_ckpt_written")
-        if self.global_rank == 0:
-            _swap_into_place(partial, final)
-        self.barrier("vistok_ckpt_swapped")
-
-
-def _swap_into_place(new: Path, final: Path) -> None:
-    """Replace `final` (file or directory) by `new`; the old copy is removed only after the rename."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    if final.exists():
-        os.replace(final, old)
-    os.replace(new, final)
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+        with atomic_path(final, directory=True) if self.global_rank == 0 else nullcontext() as created:
+            partial = Path(self.broadcast(str(created) if created is not None else None))  # rank 0's on all
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            self.barrier("vistok_ckpt_written")  # every shard is on disk before rank 0 renames the directory
+        self.barrier("vistok_ckpt_published")
 
 
 # ---- shard units ------------------------------------------------------------------------------
@@ -187,21 +172,3 @@ def refresh_trainable(module: nn.Module) -> None:
             group = unit._get_fsdp_state()._fsdp_param_group
             if group is not None:
                 group._init_mp_dtypes()
-
-
-# ---- checkpoints ------------------------------------------------------------------------------
-def consolidate_checkpoint(path: str | Path, out: str | Path | None = None) -> Path:
-    """Write an FSDP2 distributed checkpoint directory as one file (weights + trainer state, no optimiser).
-
-    The file loads with `torch.load(..., weights_only=True)` and its "state_dict" loads strictly into a
-    single-process `VistokModule` built from the same config. Default output: `<path>.consolidated.ckpt`.
-    """
-    path = Path(path)
-    if not is_distributed_checkpoint(path):
-        raise ValueError(f"{path} is not a distributed checkpoint directory (no .metadata inside)")
-    out = Path(out) if out is not None else path.with_name(path.name + ".consolidated.ckpt")
-    checkpoint = load_checkpoint(path)
-    tmp = out.with_name(out.name + ".partial")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, out)
-    return out
