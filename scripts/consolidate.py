@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = consolidate_checkpoint(args.checkpoint, args.out)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"consolidation failed: {error}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
@@ -53,3 +54,11 @@ def test_distributed_checkpoint_consolidates_and_loads_strictly(compose_cfg, tmp
     for key, value in state.items():
         assert torch.equal(fresh.state_dict()[key], value), key
     assert load_checkpoint(ckpt)["state_dict"].keys() == state.keys()
+    assert consolidate_checkpoint(ckpt, out) == out  # an earlier consolidated file is replaced
+    precious = tmp_path / "precious"  # a directory named as the output is never replaced or deleted
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a file"):
+        consolidate_checkpoint(ckpt, precious)
+    assert (precious / "keep.txt").read_text() == "mine"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind

@@ -81,9 +81,16 @@ def consolidate_checkpoint(path: str | Path, out: str | Path | None = None) -> P
         raise ValueError(f"{path} is not a distributed checkpoint directory (no .metadata inside)")
     out = Path(out) if out is not None else path.with_name(path.name + ".consolidated.ckpt")
     checkpoint = load_checkpoint(path)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, if_exists=_only_a_file) as tmp:
         torch.save(checkpoint, tmp)
     return out
+
+
+def _only_a_file(existing: Path) -> str:
+    """`out` is the user's to name: an earlier file there is replaced, a directory (or a link) never is."""
+    if existing.is_file() and not existing.is_symlink():
+        return "replace"
+    raise FileExistsError(f"{existing} exists and is not a file; refusing to replace it with a checkpoint")
 
 
 def locate(path: str | Path) -> tuple[Path, Path]:
