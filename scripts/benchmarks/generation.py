@@ -44,6 +44,8 @@ class Codebook(nn.Module):
     """What `TextToImage` reads of a tokenizer: N tokens per image, one stream of K codes and their
     embeddings."""
 
+    bits_per_token = None  # integer codes: the generator samples them with a softmax head
+
     def __init__(self, num_tokens: int, codebook_size: int, embed_dim: int = 16):
         super().__init__()
         self.num_tokens, self.codebook_sizes, self.embed_dim = num_tokens, (codebook_size,), embed_dim
