@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from vistok import load_tokenizer
+    from vistok.atomic import write_text
     from vistok.data.wds import expand_urls, make_val_loader
     from vistok.eval.fid import RFID
     from vistok.eval.tokenizer_eval import evaluate_tokenizer
@@ -105,10 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = evaluate_tokenizer(tokenizer, loader, perceptual, rfid, probe, device=args.device)
     protocol = build_protocol(args, pattern, resolution, metrics, perceptual, rfid, probe)
     out = args.out or args.tokenizer / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps({"metrics": metrics, "protocol": protocol}, indent=2))
+    write_text(out / "eval.json", json.dumps({"metrics": metrics, "protocol": protocol}, indent=2))
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
-    (out / "eval.md").write_text(f"| metric | value |\n| --- | --- |\n{rows}\n")
+    write_text(out / "eval.md", f"| metric | value |\n| --- | --- |\n{rows}\n")
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -258,3 +258,24 @@ def test_cached_at_reuses_replaces_earlier_builds_and_refuses_foreign_directorie
     with pytest.raises(FileExistsError, match="refusing to replace"):
         cached_at(foreign, {"seed": 0}, build, marker="stamp.json")
     assert len(calls) == 3 and tree(foreign) == {"precious.txt": "keep me"}
+
+
+def test_write_text_replaces_an_earlier_file_but_never_a_directory_or_a_link(tmp_path):
+    from vistok.atomic import write_text
+
+    report = tmp_path / "out" / "eval.json"
+    assert write_text(report, "one") == report and report.read_text() == "one"
+    write_text(report, "two")
+    assert report.read_text() == "two" and sorted(p.name for p in report.parent.iterdir()) == ["eval.json"]
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    (folder / "keep").write_text("mine")
+    target = tmp_path / "target"
+    target.write_text("theirs")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    for existing in (folder, link):
+        with pytest.raises(FileExistsError, match="not a file"):
+            write_text(existing, "three")
+    assert (folder / "keep").read_text() == "mine" and target.read_text() == "theirs" and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.json", "link.json", "out", "target"]

@@ -4,6 +4,7 @@ probes, configs and tiny end-to-end runs (tokenizer-only with the mini-CLIP teac
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -295,12 +296,16 @@ def test_mini_clip_saves_and_reloads_as_a_vistok_module(tmp_path, cache_dir):
     from vistok.teachers.mini_clip import build_mini_clip
 
     data = GeneratedDataModule(str(cache_dir / "data"), num_train=128, num_val=32)
-    teacher = build_mini_clip(str(tmp_path), data, dim=8, base_channels=4, steps=3, batch_size=32)
-    folder = next(tmp_path.glob("mini_clip-*"))
+    folder = build_mini_clip(str(tmp_path), data, dim=8, base_channels=4, steps=3, batch_size=32)
+    assert folder.parent == tmp_path and folder.name.startswith("mini_clip-d8-")
     assert json.loads((folder / "meta.json").read_text())["metrics"]["val_retrieval_accuracy"] >= 0
-    again = load_teacher(str(folder))
+    built = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert build_mini_clip(str(tmp_path), data, dim=8, base_channels=4, steps=3, batch_size=32) == folder
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == built  # cached: not trained again
+    teacher, again = load_teacher(str(folder)), load_teacher(str(folder))
     x = images(2, 32)
     assert torch.equal(teacher(x), again(x)) and teacher(x).shape == (2, 8, 8, 8)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
 
 
 def test_configs_compose(compose_cfg):
@@ -309,7 +314,7 @@ def test_configs_compose(compose_cfg):
     cfg = compose_cfg(["experiment=dual_mini"])
     tok = instantiate(cfg.tokenizer)
     assert isinstance(tok, DualTokenizer) and tok.embed_dim == 24 and tok.codebook_sizes == (128,)
-    assert cfg.module.probe and cfg.module.semantic.teacher._target_.endswith("build_mini_clip")
+    assert cfg.module.probe and cfg.module.semantic.teacher.build._target_.endswith("build_mini_clip")
     assert instantiate(compose_cfg(["experiment=dual_mini_msvq"]).tokenizer).codebook_sizes == (128, 128)
     single = instantiate(compose_cfg(["experiment=dual_mini_single"]).tokenizer)
     assert single.embed_dim == 24 and single.pixel_dim == 0
@@ -400,3 +405,30 @@ def test_tokenflow_table_trends_can_fail_and_pass():
     runs["dual_mini_vq"] = runs["dual_mini_vq_wide"] = three_seeds({**vq, "psnr": 27.5})
     _, verdicts = render(table, "mini", 3, *summarise(runs))
     assert [v["passed"] for v in verdicts] == [False, False, True, True, False, False, True, True, False]
+
+
+def test_the_prepare_phase_builds_the_teacher_and_instantiating_the_config_only_loads_it(compose_cfg):
+    """Building the module trains nothing: the mini-CLIP is built (and cached) by the prepare phase, which
+    passes it on by path."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from vistok.training.prepare import prepare_run
+    from vistok.training.runner import build_module
+
+    cfg = compose_cfg(["experiment=dual_mini", "debug=tiny", "module.semantic.teacher.build.steps=2",
+                       "module.semantic.teacher.build.dim=8", "module.semantic.teacher.build.base_channels=4",
+                       "tokenizer.decoder.semantic.out_dim=8"])
+    with pytest.raises(InstantiationException, match="no path.*prepare phase"):
+        instantiate(cfg.module.semantic)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare()
+    prepare_run(cfg, datamodule)
+    folder = Path(cfg.module.semantic.teacher.path)
+    assert folder.parent == Path(cfg.paths.cache_dir) / "teachers" and (folder / "model.safetensors").is_file()
+    teachers = {p: p.stat().st_mtime_ns for p in folder.parent.iterdir()}  # the cache is the session's
+    module = build_module(cfg, datamodule)
+    assert {p: p.stat().st_mtime_ns for p in folder.parent.iterdir()} == teachers  # nothing built or rewritten
+    teacher = module.semantic.teacher
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert teacher(torch.zeros(1, 3, 32, 32)).shape[1] == 8

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -357,3 +358,61 @@ def test_visual_heads_read_the_states_of_a_16_bit_llm(head_kind):
     head = CodeHead(16, (8, 5)) if head_kind == "codes" else BitHead(16, bits=6, index_bits=6)
     logits = head(torch.randn(2, 3, 16, dtype=torch.bfloat16))
     assert logits.dtype == torch.float32 and logits.shape[:2] == (2, 3)
+
+
+def test_a_checkpoint_of_the_index_arm_loads_as_an_index_arm_generator(compose_cfg, tmp_path):
+    """The adapter is part of the model config stored in every checkpoint, so generation rebuilds the arm
+    that was trained (the index arm has no projector: read as the embedding arm it would not load)."""
+    from omegaconf import OmegaConf
+
+    from vistok.checkpoint_files import CONFIG_KEY
+    from vistok.generation.loading import load_generator
+    from vistok.models.visual_input import CodeRows
+    from vistok.training.checkpointing import model_config
+    from vistok.training.prepare import prepare_run
+    from vistok.training.runner import build_module
+
+    cfg = compose_cfg(["experiment=ett_mini_index", "debug=tiny", "module.generation=true", *TINY_LLM])
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare()
+    prepare_run(cfg, datamodule)
+    module = build_module(cfg, datamodule)
+    stored = model_config(cfg)
+    assert stored["llm_input"]["_target_"] == "vistok.models.visual_input.CodeRows"
+    ckpt = tmp_path / "run" / "checkpoints" / "post" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    (tmp_path / "run" / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")
+    torch.save({"state_dict": module.state_dict(), CONFIG_KEY: stored}, ckpt)
+    generator = load_generator(ckpt)
+    assert isinstance(generator.model.llm_input, CodeRows) and generator.model.projector is None
+    for name, tensor in module.model.state_dict().items():
+        assert torch.equal(generator.model.state_dict()[name], tensor), name
+
+
+def test_the_llm_export_is_written_whole_replaces_only_an_earlier_one_and_loads(compose_cfg, tiny_llm_dir,
+                                                                                 tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from vistok.export import ExportDestinationError
+    from vistok.training.artifacts import save_llm
+
+    model = _generator("vq_embeddings", compose_cfg, tiny_llm_dir).model
+    projector_config = {"_target_": "vistok.models.connector.MLPProjector", "in_dim": model.tokenizer.embed_dim,
+                        "out_dim": model.llm.hidden_size}
+    out = save_llm(model, projector_config, tmp_path / "llm")
+    assert json.loads((out / "vistok.json").read_text())["llm_input"] == "embeddings"
+    assert (out / "projector" / "model.safetensors").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # like the run's other files
+    save_llm(model, projector_config, out)  # a rerun replaces its own export
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llm"]  # no partial left beside it
+    loaded = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    assert torch.equal(loaded.lm_head.weight, model.llm.model.lm_head.weight.cpu())
+    precious = tmp_path / "notes"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    with pytest.raises(ExportDestinationError, match="not a vistok export"):
+        save_llm(model, projector_config, precious)
+    assert (precious / "keep.txt").read_text() == "mine" and sorted(p.name for p in precious.iterdir()) == ["keep.txt"]

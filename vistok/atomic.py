@@ -61,6 +61,21 @@ def atomic_path(final: str | Path, *, directory: bool = False,
         remove(tmp)  # gone already when published
 
 
+def only_a_file(existing: Path) -> OnExisting:
+    """The `if_exists` rule for a file at a path a user may have named: an earlier file there is replaced, a
+    directory (or a link) never is."""
+    if existing.is_file() and not existing.is_symlink():
+        return "replace"
+    raise FileExistsError(f"{existing} exists and is not a file: it was not replaced")
+
+
+def write_text(final: str | Path, text: str) -> Path:
+    """A small text file (a JSON report, a marker) published whole, replacing an earlier file (only a file)."""
+    with atomic_path(final, if_exists=only_a_file) as tmp:
+        tmp.write_text(text)
+    return Path(final)
+
+
 def remove(path: str | Path) -> None:
     """Delete a file, a link (never what it points to) or a directory tree; nothing if it is not there."""
     path = Path(path)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from vistok.atomic import atomic_path
+from vistok.atomic import atomic_path, only_a_file
 
 META_FILENAME = "meta.pt"  # Lightning's name for the trainer state inside a distributed checkpoint
 CONFIG_KEY = "vistok_config"  # the model-defining config subtrees, stored in every checkpoint
@@ -81,16 +81,9 @@ def consolidate_checkpoint(path: str | Path, out: str | Path | None = None) -> P
         raise ValueError(f"{path} is not a distributed checkpoint directory (no .metadata inside)")
     out = Path(out) if out is not None else path.with_name(path.name + ".consolidated.ckpt")
     checkpoint = load_checkpoint(path)
-    with atomic_path(out, if_exists=_only_a_file) as tmp:
+    with atomic_path(out, if_exists=only_a_file) as tmp:  # `out` is the user's to name
         torch.save(checkpoint, tmp)
     return out
-
-
-def _only_a_file(existing: Path) -> str:
-    """`out` is the user's to name: an earlier file there is replaced, a directory (or a link) never is."""
-    if existing.is_file() and not existing.is_symlink():
-        return "replace"
-    raise FileExistsError(f"{existing} exists and is not a file; refusing to replace it with a checkpoint")
 
 
 def locate(path: str | Path) -> tuple[Path, Path]:

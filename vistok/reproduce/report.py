@@ -7,6 +7,7 @@ import math
 import statistics
 from pathlib import Path
 
+from vistok.atomic import write_text
 from vistok.reproduce.tables import FAIL, PASS, Table, verdict
 
 
@@ -73,9 +74,8 @@ def judge(trend, means: dict, stds: dict, seeds: int) -> dict:
 
 
 def write(out: Path, table: Table, markdown: str, means: dict, stds: dict, verdicts: list, per_row: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{table.name}.md").write_text(markdown)
-    (out / f"{table.name}.json").write_text(json.dumps(
+    write_text(out / f"{table.name}.md", markdown)
+    write_text(out / f"{table.name}.json", json.dumps(
         {"table": table.name, "means": means, "stds": stds, "trends": verdicts, "runs": per_row}, indent=2))
 
 

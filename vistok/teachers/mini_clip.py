@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from vistok.cache import cached
-from vistok.teachers import freeze
 from vistok.tokenizers.modules.conv import ConvEncoder
 
 
@@ -119,9 +118,9 @@ def train_mini_clip(model: MiniCLIP, images: torch.Tensor, captions: list[str], 
 
 def build_mini_clip(cache_dir: str, data, dim: int = 32, base_channels: int = 16,
                     ch_mult: tuple[int, ...] = (1, 2, 4), steps: int = 600, max_epochs: float = 15.0,
-                    batch_size: int = 128, lr: float = 3e-3, seed: int = 0) -> MiniCLIP:
-    """Load the mini-CLIP for these settings and this data from `cache_dir`, training and saving it first
-    when it is not there (a few seconds to a minute on a CPU). Returns it frozen, in eval mode.
+                    batch_size: int = 128, lr: float = 3e-3, seed: int = 0) -> Path:
+    """The folder of the mini-CLIP for these settings and this data under `cache_dir`, training and saving it
+    first when it is not there (a few seconds to a minute on a CPU). `vistok.teachers.load_teacher` loads it.
 
     Args:
         cache_dir: parent folder; the teacher lives in an export folder `mini_clip-d<dim>-<key>`, the key
@@ -129,16 +128,13 @@ def build_mini_clip(cache_dir: str, data, dim: int = 32, base_channels: int = 16
         data: a datamodule (`prepare()`, `train_urls`, `val_urls`, `resolution`) whose training pairs teach it.
         steps: optimiser steps, at most `max_epochs` passes over the pairs (small test datasets stay fast).
     """
-    from vistok.export import load_tokenizer
-
     data.prepare()
     settings = {"dim": dim, "base_channels": base_channels, "ch_mult": list(ch_mult), "steps": steps,
                 "max_epochs": max_epochs,
                 "batch_size": batch_size, "lr": lr, "seed": seed, "resolution": data.resolution,
                 "train": [Path(u).name for u in data.train_urls], "data_dir": str(Path(data.train_urls[0]).parent)}
-    folder = cached(cache_dir, f"mini_clip-d{dim}-", settings,
-                    lambda tmp: _train_and_export(tmp, data, settings), directory=True)
-    return freeze(load_tokenizer(folder))
+    return cached(cache_dir, f"mini_clip-d{dim}-", settings,
+                  lambda tmp: _train_and_export(tmp, data, settings), directory=True)
 
 
 def _train_and_export(folder: Path, data, settings: dict) -> None:

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from vistok import untrusted
-from vistok.export import cpu_state, save_tokenizer
+from vistok.export import cpu_state, save_tokenizer, write_directory
 from vistok.checkpoint_files import load_checkpoint, locate
 from vistok.models.unified import UnifiedModel, model_weights
 
@@ -96,8 +96,12 @@ def _export_meta(ckpt: Path, run_dir: Path, info: dict) -> dict:
     return meta
 
 
+LLM_EXPORT_INFO = ("llm_input", "visual_offset", "num_visual_tokens", "tokenizer")  # the keys of vistok.json
+
+
 def save_llm(model: UnifiedModel, projector_config: dict | None, out_dir: str | Path) -> Path:
-    """The jointly tuned LLM as a Hugging Face directory (`from_pretrained`) plus the projector beside it.
+    """The jointly tuned LLM as a Hugging Face directory (`from_pretrained`) plus the projector beside it,
+    written whole or not at all; an earlier LLM export there is replaced, anything else refused.
 
     <out_dir>/                 config.json, model.safetensors, tokenizer files (transformers)
     <out_dir>/projector/       model.safetensors + config.yaml (rebuild with vistok.untrusted.build)
@@ -108,14 +112,26 @@ def save_llm(model: UnifiedModel, projector_config: dict | None, out_dir: str | 
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
 
-    out_dir = Path(out_dir)
-    model.llm.model.save_pretrained(str(out_dir))
-    model.llm.tokenizer.save_pretrained(str(out_dir))
-    if model.projector is not None and projector_config is not None:
-        (out_dir / "projector").mkdir(parents=True, exist_ok=True)
-        save_file(cpu_state(model.projector), str(out_dir / "projector" / "model.safetensors"))
-        OmegaConf.save(OmegaConf.create(projector_config), out_dir / "projector" / "config.yaml")
-    info = {"llm_input": model.llm_input.name, "visual_offset": getattr(model.llm, "visual_offset", None),
-            "num_visual_tokens": model.tokenizer.num_tokens, "tokenizer": "../tokenizer"}
-    (out_dir / "vistok.json").write_text(json.dumps(info, indent=2))
-    return out_dir
+    def write(folder: Path) -> None:
+        model.llm.model.save_pretrained(str(folder))
+        model.llm.tokenizer.save_pretrained(str(folder))
+        if model.projector is not None and projector_config is not None:
+            (folder / "projector").mkdir()
+            save_file(cpu_state(model.projector), str(folder / "projector" / "model.safetensors"))
+            OmegaConf.save(OmegaConf.create(projector_config), folder / "projector" / "config.yaml")
+        info = {"llm_input": model.llm_input.name, "visual_offset": getattr(model.llm, "visual_offset", None),
+                "num_visual_tokens": model.tokenizer.num_tokens, "tokenizer": "../tokenizer"}
+        (folder / "vistok.json").write_text(json.dumps(info, indent=2))
+
+    return write_directory(out_dir, write, is_llm_export, overwrite=True)
+
+
+def is_llm_export(path: Path) -> bool:
+    """A directory `save_llm` wrote: its vistok.json holds exactly the keys `save_llm` writes."""
+    import json
+
+    try:
+        info = json.loads((path / "vistok.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and set(info) == set(LLM_EXPORT_INFO)

@@ -27,13 +27,12 @@ from vistok.checkpoint_files import (
     CONFIG_KEY,
     is_distributed_checkpoint,
     load_checkpoint,
-    load_weights,  # noqa: F401  (runner.py imports it from here)
     read_checkpoint,
     trainer_state,
 )
 
 COUNTERS_KEY = "vistok_counters"
-MODEL_CONFIG_GROUPS = ("tokenizer", "llm", "projector", "module")
+MODEL_CONFIG_GROUPS = ("tokenizer", "llm", "llm_input", "projector", "module")
 _SHOWN = 5  # differing tensors listed in an error message
 
 

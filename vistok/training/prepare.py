@@ -2,6 +2,8 @@
 
 - The tiny LLM (`llm.build`): a Llama-architecture model built from config and a BPE tokenizer trained on the
   training captions, saved at `llm.path`; the model then loads it like any Hugging Face directory.
+- A semantic teacher with a `build` section (`module/semantic=mini_clip`): trained on the dataset's image-caption
+  pairs and saved; its folder goes into the teacher's `path`, which the module then loads.
 - The mini-GenEval judge (`geneval.enabled`): an attribute classifier trained on the dataset's real images.
 
 Each is cached and reused by later runs (a second run with the same settings builds nothing). Instantiating the
@@ -13,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 
 @dataclass
@@ -29,6 +31,7 @@ def prepare_run(cfg: DictConfig, datamodule) -> Prepared:
         from vistok.models.llm import build_tiny_llm
 
         build_tiny_llm(cfg.llm.path, datamodule.train_captions(), **cfg.llm.build)
+    _build_teacher(cfg, datamodule)
     prepared = Prepared()
     if OmegaConf.select(cfg, "geneval.enabled", default=False):
         if not OmegaConf.select(cfg, "module.generation", default=False):
@@ -38,3 +41,14 @@ def prepare_run(cfg: DictConfig, datamodule) -> Prepared:
         prepared.judge = ensure_classifier(Path(cfg.paths.cache_dir) / "geneval", datamodule.train_urls,
                                            datamodule.val_urls, datamodule.resolution)
     return prepared
+
+
+def _build_teacher(cfg: DictConfig, datamodule) -> None:
+    """Build the teacher that `module.semantic.teacher.build` describes and point `teacher.path` at it."""
+    teacher = OmegaConf.select(cfg, "module.semantic.teacher")
+    if teacher is None or not teacher.get("build"):
+        return
+    from hydra.utils import instantiate
+
+    with open_dict(teacher):
+        teacher.path = str(instantiate(teacher.build, data=datamodule))

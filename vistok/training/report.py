@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vistok.atomic import write_text
 from vistok.eval.images import captioned_images, image_grid
 from vistok.training import prefix_eval
 
@@ -59,10 +60,7 @@ class RunReport:
         self._write()
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=False))
-        tmp.replace(self.path)
+        write_text(self.path, json.dumps(self.data, indent=2, sort_keys=False))
 
 
 def save_stage_pictures(module, stage: str, out_dir: Path, loggers: list) -> None:
@@ -102,7 +100,7 @@ def _append_captions(path: Path, stage: str, samples: list) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     data[stage] = [{"key": s.key, "reference": s.reference, "generated": s.generated,
                     "image": f"images/captions_{stage}.png", "column": i} for i, s in enumerate(samples)]
-    path.write_text(json.dumps(data, indent=2))
+    write_text(path, json.dumps(data, indent=2))
 
 
 def save_prefix_pictures(module, stage: str, images_dir: Path, loggers: list) -> None:

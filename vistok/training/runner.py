@@ -19,6 +19,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from vistok.atomic import write_text
+from vistok.checkpoint_files import consolidate_checkpoint, is_distributed_checkpoint, load_weights
 from vistok.export import save_tokenizer
 from vistok.models.unified import UnifiedModel
 from vistok.training.artifacts import save_llm
@@ -28,7 +30,6 @@ from vistok.training.checkpointing import (
     RollbackSkippedBatch,
     checked_resume_checkpoint,
     load_finished_stage,
-    load_weights,
     model_config,
 )
 from vistok.training.module import VistokModule
@@ -37,7 +38,6 @@ from vistok.training.prepare import prepare_run
 from vistok.training.quiet import quiet_libraries
 from vistok.training.replicas import ReplicaCheck
 from vistok.training.report import RunReport, save_stage_pictures
-from vistok.training.sharding import consolidate_checkpoint, is_distributed_checkpoint
 from vistok.training.run_lock import RunDirectoryInUse, RunLock
 from vistok.training.run_names import log_run_config, logger_overrides
 from vistok.training.stages import Stage, stages_from_config
@@ -136,7 +136,7 @@ def _fit_stage(cfg: DictConfig, module: VistokModule, datamodule, stage: Stage, 
     if getattr(trainer, "received_sigterm", False):
         raise SystemExit(stopped)
     if trainer.is_global_zero:
-        (stage_dir / "done").write_text(json.dumps(module.val_metrics))
+        write_text(stage_dir / "done", json.dumps(module.val_metrics))
     return trainer
 
 

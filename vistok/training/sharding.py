@@ -28,8 +28,6 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from vistok.atomic import atomic_path
-# runner.py imports both from here
-from vistok.checkpoint_files import consolidate_checkpoint, is_distributed_checkpoint  # noqa: F401
 
 
 class FSDP2Strategy(ModelParallelStrategy):
