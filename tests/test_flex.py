@@ -6,10 +6,11 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import run_train
 from vistok import load_tokenizer, save_tokenizer
-from vistok.export import build_from_config
+from vistok.export import HUB_CONFIG_KEY, build_from_config
 from vistok.losses.recon import TokenizerLoss
 from vistok.models.connector import SwiGLUProjector
 from vistok.tokenizers.flex import powers_of_two, prefix_mask, sample_keep
@@ -21,11 +22,19 @@ D, N, RES = 16, 8, 16
 KS = [1, 2, 4, 8]
 
 
+DROPOUTS = {"nested": "vistok.tokenizers.flex.NestedDropout", "tail": "vistok.tokenizers.flex.TailDropout"}
+
+
 def config(dropout: str = "nested", sampling: str = "pow2") -> dict:
     vit = {"resolution": RES, "patch_size": 4, "num_tokens": N, "width": 32, "depth": 1, "heads": 2}
+    length_dropout = None
+    if dropout == "nested":
+        length_dropout = {"_target_": DROPOUTS[dropout], "dim": D, "sampling": sampling}
+    elif dropout == "tail":
+        length_dropout = {"_target_": DROPOUTS[dropout]}
     return {
         "_target_": "vistok.tokenizers.flex.FlexTokenizer", "num_tokens": N, "embed_dim": D,
-        "dropout": dropout, "sampling": sampling,
+        "dropout": length_dropout,
         "encoder": {"_target_": "vistok.tokenizers.modules.vit.LatentTokenEncoder", "out_dim": D, **vit},
         "quantizer": {"_target_": "vistok.tokenizers.quantizers.fsq.FiniteScalarQuantizer", "dim": D,
                       "levels": [5, 5, 5]},
@@ -168,7 +177,9 @@ def test_mask_token_gets_gradient():
     out = tok.encode(images(16), num_tokens=2)
     tok.decode(out.embeddings, out.mask).mean().backward()
     assert tok.mask_token.grad is not None and tok.mask_token.grad.abs().sum() > 0
-    assert any(n.endswith("dropout_token") for n, _ in tok.decoder.named_parameters())  # trained as "decoder"
+    decoder_group = {id(p) for p in tok.training_groups()["decoder"].parameters()}
+    assert id(tok.mask_token) in decoder_group  # trained and frozen with the decoder that reads it
+    assert all(p is not tok.mask_token for p in tok.decoder.parameters())  # owned by the dropout, not the decoder
 
 
 def test_log_l2_weighs_each_image_by_its_own_error():
@@ -209,9 +220,34 @@ def test_export_then_load_decodes_every_prefix_identically(tmp_path, dropout):
             assert torch.equal(tok.decode(a.embeddings, a.mask), loaded.decode(b.embeddings, b.mask))
 
 
+@pytest.mark.parametrize("dropout", ["nested", "tail", "none"])
+def test_an_export_of_an_earlier_version_loads_and_decodes_identically(tmp_path, dropout):
+    """Earlier exports named the dropout by string, its settings beside it, and kept the mask token on the
+    decoder (`decoder.dropout_token`)."""
+    from safetensors.torch import load_file, save_file
+
+    tok = make(dropout).eval()
+    folder = save_tokenizer(tok, config(dropout), tmp_path / "tok", {"step": 1})
+    old = {**config(dropout), "dropout": dropout, "sampling": "pow2", "full_prob": 0.0}
+    (folder / "config.yaml").write_text(yaml.safe_dump(old))
+    (folder / "config.json").write_text(json.dumps({HUB_CONFIG_KEY: old}))
+    state = load_file(folder / "model.safetensors")
+    if dropout == "nested":
+        state["decoder.dropout_token"] = state.pop("length_dropout.mask_token")
+    save_file(state, folder / "model.safetensors")
+    loaded = load_tokenizer(folder)
+    assert type(loaded.length_dropout) is type(tok.length_dropout)
+    with torch.no_grad():
+        for k in KS:
+            a, b = tok.encode(images(), num_tokens=k), loaded.encode(images(), num_tokens=k)
+            assert torch.equal(tok.decode(a.embeddings, a.mask), loaded.decode(b.embeddings, b.mask))
+
+
 def test_bad_arguments_are_clear():
-    with pytest.raises(ValueError, match="dropout"):
-        make("sometimes")
+    with pytest.raises(ValueError, match="dropout must be"):
+        build_from_config({**config(), "dropout": "sometimes"})
+    with pytest.raises(ValueError, match="mask token has width 8 but the tokens have 16"):
+        build_from_config({**config(), "dropout": {"_target_": DROPOUTS["nested"], "dim": 8}})
     with pytest.raises(ValueError, match="sampling"):
         make(sampling="cubic")
     with pytest.raises(ValueError, match="full_prob"):

@@ -45,6 +45,9 @@ ALLOWED_TARGETS = frozenset({
     "vistok.tokenizers.modules.flow.FlowDecoder",
     "vistok.tokenizers.modules.vit.LatentTokenEncoder",
     "vistok.tokenizers.modules.vit.LatentTokenDecoder",
+    # the flex family's length dropouts (configs/tokenizer/dropout)
+    "vistok.tokenizers.flex.NestedDropout",
+    "vistok.tokenizers.flex.TailDropout",
     # quantizers (configs/tokenizer/quantizer)
     "vistok.tokenizers.quantizers.vq.VectorQuantizer",
     "vistok.tokenizers.quantizers.fsq.FiniteScalarQuantizer",
@@ -196,7 +199,8 @@ def check_sizes(config: Mapping, expected: Mapping[str, tuple[int, ...]], where:
     except Exception as error:  # a constructor's own complaint about its arguments, whatever its type
         raise UntrustedConfigError(f"{where} cannot be built: {type(error).__name__}: {error}") from error
     saved = {name: tuple(t.shape) for name, t in meta.state_dict().items()}
-    problems = _shape_problems(saved, {name: tuple(shape) for name, shape in expected.items()})
+    renamed = getattr(meta, "legacy_keys", {})  # a tokenizer's names of earlier versions, renamed on load
+    problems = _shape_problems(saved, {renamed.get(name, name): tuple(shape) for name, shape in expected.items()})
     if problems:
         raise UntrustedConfigError(f"{where} does not describe its weights ({'; '.join(problems[:5])}"
                                    f"{'; ...' if len(problems) > 5 else ''}): refusing to build it")

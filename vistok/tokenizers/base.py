@@ -37,6 +37,11 @@ class Tokenizer(nn.Module):
     codebook_sizes: tuple[int, ...]
     ordered = False  # True: the tokens are ordered and any prefix decodes (flex); an LLM may read a prefix
     bits_per_token: int | None = None  # K for binary tokens (ids are K-bit strings, `token_bits`), else None
+    legacy_keys: dict[str, str] = {}  # state-dict names of earlier versions -> today's (renamed on load)
+
+    def __init__(self):
+        super().__init__()
+        self._register_load_state_dict_pre_hook(_rename_legacy_keys, with_module=True)
 
     def encode(self, images: torch.Tensor, num_tokens: int | None = None) -> TokenizerOutput:
         raise NotImplementedError
@@ -46,6 +51,10 @@ class Tokenizer(nn.Module):
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def training_groups(self) -> dict[str, nn.Module]:
+        """The parts a training stage trains or freezes by name (`stages.*.train`): encoder, quantizer, decoder."""
+        return {"encoder": self.encoder, "quantizer": self.quantizer, "decoder": self.decoder}
 
     @property
     def stream_names(self) -> tuple[str, ...]:
@@ -65,3 +74,10 @@ class Tokenizer(nn.Module):
     def codebook_size(self) -> int:
         """Codes per stream for single-stream tokenizers (the common case)."""
         return self.codebook_sizes[0]
+
+
+def _rename_legacy_keys(tokenizer: Tokenizer, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints and exports of earlier versions load under today's names (`Tokenizer.legacy_keys`)."""
+    for old, new in tokenizer.legacy_keys.items():
+        if prefix + old in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)

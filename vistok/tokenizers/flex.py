@@ -1,11 +1,12 @@
 """The `flex` family: ordered 1-D tokens whose first k already decode to an image (METHODS.md 5, 6).
 
-Same ViT latent-token encoder / decoder as `binary1d`; what differs is how training teaches the order:
-- "nested" (FlexTok): per sample, keep the first k tokens and replace the rest with one learned mask token;
-  the decoder always reads N positions.
-- "tail" (One-D-Piece): one length L ~ U{1..N} per batch; the decoder sees only the first L tokens
+Same ViT latent-token encoder / decoder as `binary1d`; what differs is how training teaches the order, a
+length dropout injected into the tokenizer (configs/tokenizer/dropout/):
+- `NestedDropout` (FlexTok): per sample, keep the first k tokens and replace the rest with one learned mask
+  token, which the dropout owns; the decoder always reads N positions.
+- `TailDropout` (One-D-Piece): one length L ~ U{1..N} per batch; the decoder sees only the first L tokens
   (the tail is masked out of attention, which is the truncated sequence with sliced positions).
-- "none": the fixed-length control.
+- None: the fixed-length control.
 Prefixes are expressed by `TokenizerOutput.mask` (B, N), True = kept: never by ragged lists.
 """
 
@@ -18,7 +19,6 @@ from vistok.tokenizers.base import Tokenizer, TokenizerOutput
 from vistok.tokenizers.binary1d import check_parts
 from vistok.tokenizers.quantizers.base import Quantizer
 
-DROPOUTS = ("nested", "tail", "none")
 SAMPLINGS = ("uniform", "pow2", "uniform_pow2")
 
 
@@ -69,6 +69,59 @@ def prefix_mask(keep: torch.Tensor, n: int) -> torch.Tensor:
     return torch.arange(n, device=keep.device)[None, :] < keep[:, None]
 
 
+class LengthDropout(nn.Module):
+    """How training shortens the token sequence. `keep` draws the kept counts of one training forward;
+    `mask_token` (1, 1, D), if any, fills the dropped positions (otherwise they are masked out of attention)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_parameter("mask_token", None)  # (1, 1, D) where the dropout fills dropped positions
+
+    def keep(self, batch: int, num_tokens: int, device: torch.device) -> torch.Tensor:
+        """(B,) kept counts in [1, num_tokens]."""
+        raise NotImplementedError
+
+
+class NestedDropout(LengthDropout):
+    """FlexTok: k drawn per sample (`sample_keep`), the rest replaced by one learned mask token.
+
+    Args:
+        dim: D, the width of the quantized tokens the decoder reads (the mask token lives in that space).
+        sampling: how k is drawn ("uniform", "pow2", "uniform_pow2").
+        full_prob: the share of samples trained at full length, k = N.
+    """
+
+    def __init__(self, dim: int, sampling: str = "pow2", full_prob: float = 0.0):
+        super().__init__()
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got '{sampling}'")
+        if not 0.0 <= full_prob <= 1.0:
+            raise ValueError(f"full_prob must be in [0, 1], got {full_prob}")
+        self.sampling, self.full_prob = sampling, full_prob
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+
+    def keep(self, batch: int, num_tokens: int, device: torch.device) -> torch.Tensor:
+        return sample_keep(batch, num_tokens, self.sampling, device=device, full_prob=self.full_prob)
+
+
+class TailDropout(LengthDropout):
+    """One-D-Piece: one length L ~ U{1..N} for the whole batch; the tail is masked out of attention."""
+
+    def keep(self, batch: int, num_tokens: int, device: torch.device) -> torch.Tensor:
+        length = int(torch.randint(1, num_tokens + 1, ()))
+        return torch.full((batch,), length, device=device)
+
+
+def _legacy_dropout(name: str, dim: int, sampling: str, full_prob: float) -> LengthDropout | None:
+    """The dropout that exports of earlier versions name by string, with its settings stored beside it."""
+    if name not in ("nested", "tail", "none"):
+        raise ValueError(f"dropout must be a LengthDropout, None or (older exports) 'nested', 'tail' or 'none', "
+                         f"got '{name}'")
+    if name == "nested":
+        return NestedDropout(dim, sampling, full_prob)
+    return TailDropout() if name == "tail" else None
+
+
 class FlexTokenizer(Tokenizer):
     """Images <-> N ordered tokens; decode from any prefix.
 
@@ -78,47 +131,48 @@ class FlexTokenizer(Tokenizer):
         decoder: (B, N, D), key mask -> (B, 3, H, W), e.g. `modules.vit.LatentTokenDecoder`.
         num_tokens: N.
         embed_dim: D, checked against the quantizer.
-        dropout: "nested" | "tail" | "none" (module docstring).
-        sampling: how nested dropout draws k per sample ("uniform", "pow2", "uniform_pow2").
-        full_prob: nested dropout only: the share of samples trained at full length, k = N (see `sample_keep`).
+        dropout: the length dropout of training (`NestedDropout`, `TailDropout`) or None (fixed length).
+            Trained and frozen with the decoder (`training_groups`).
+        sampling, full_prob: read only with a dropout named by string, as exports of earlier versions store it.
     """
 
     ordered = True  # the LLM may read a prefix of the tokens as a smaller token budget (TokenFLEX)
+    legacy_keys = {"decoder.dropout_token": "length_dropout.mask_token"}  # earlier versions kept it on the decoder
 
     def __init__(self, encoder: nn.Module, quantizer: Quantizer, decoder: nn.Module, num_tokens: int,
-                 embed_dim: int | None = None, dropout: str = "nested", sampling: str = "pow2",
-                 full_prob: float = 0.0):
+                 embed_dim: int | None = None, dropout: LengthDropout | str | None = None,
+                 sampling: str = "pow2", full_prob: float = 0.0):
         super().__init__()
-        if dropout not in DROPOUTS:
-            raise ValueError(f"dropout must be one of {DROPOUTS}, got '{dropout}'")
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got '{sampling}'")
-        if not 0.0 <= full_prob <= 1.0:
-            raise ValueError(f"full_prob must be in [0, 1], got {full_prob}")
         check_parts(encoder, quantizer, decoder, num_tokens, embed_dim)
+        if isinstance(dropout, str):
+            dropout = _legacy_dropout(dropout, quantizer.dim, sampling, full_prob)
+        token = dropout.mask_token if dropout is not None else None
+        if token is not None and token.shape[-1] != quantizer.dim:
+            raise ValueError(f"the dropout's mask token has width {token.shape[-1]} but the tokens have "
+                             f"{quantizer.dim}: set its dim to the tokenizer's embed_dim")
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
+        self.length_dropout = dropout
         self.num_tokens, self.embed_dim = num_tokens, quantizer.dim
-        self.dropout, self.sampling, self.full_prob = dropout, sampling, full_prob
         self.codebook_sizes = (quantizer.codebook_size,)
         patch = getattr(getattr(encoder, "patch_embed", None), "kernel_size", (None,))[0]
         self.resolution = encoder.grid * patch if patch else None  # image side H = W (scripts.evaluate reads it)
-        if dropout == "nested":
-            # FlexTok's one learned mask token (1, 1, D), in the quantized space the decoder reads. It lives
-            # on the decoder so that training's "decoder" parameter group updates (and freezes) it.
-            decoder.register_parameter("dropout_token", nn.Parameter(torch.zeros(1, 1, self.embed_dim)))
 
     @property
     def mask_token(self) -> torch.Tensor | None:
-        return getattr(self.decoder, "dropout_token", None)
+        return self.length_dropout.mask_token if self.length_dropout is not None else None
+
+    def training_groups(self) -> dict[str, nn.Module]:
+        """The dropout (its mask token) is trained and frozen with the decoder that reads it."""
+        groups = super().training_groups()
+        if self.length_dropout is not None:
+            groups["decoder"] = nn.ModuleList([self.decoder, self.length_dropout])
+        return groups
 
     def _training_keep(self, batch: int, device: torch.device) -> torch.Tensor | None:
         """(B,) kept counts drawn for a training forward; None = keep everything."""
-        if self.dropout == "nested":
-            return sample_keep(batch, self.num_tokens, self.sampling, device=device, full_prob=self.full_prob)
-        if self.dropout == "tail":  # One-D-Piece: one L ~ U{1..N} for the whole batch
-            length = int(torch.randint(1, self.num_tokens + 1, ()))
-            return torch.full((batch,), length, device=device)
-        return None
+        if self.length_dropout is None:
+            return None
+        return self.length_dropout.keep(batch, self.num_tokens, device)
 
     def encode(self, images: torch.Tensor, num_tokens: int | None = None) -> TokenizerOutput:
         """All N tokens are computed; `mask` marks the kept prefix.
@@ -163,3 +217,4 @@ class FlexTokenizer(Tokenizer):
         if indices.dim() == 3:
             indices = indices[..., 0]
         return self.quantizer.lookup(indices)
+

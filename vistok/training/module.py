@@ -126,10 +126,8 @@ class VistokModule(L.LightningModule):
 
     # ---- stages -------------------------------------------------------------------------------
     def groups(self) -> dict[str, nn.Module | None]:
-        tok = self.tokenizer
-        return {"encoder": tok.encoder, "quantizer": tok.quantizer, "decoder": tok.decoder,
-                "projector": self.projector, "llm": self.llm, "visual_head": self.visual_head,
-                "discriminator": self.discriminator}
+        return {**self.tokenizer.training_groups(), "projector": self.projector, "llm": self.llm,
+                "visual_head": self.visual_head, "discriminator": self.discriminator}
 
     def set_stage(self, stage: Stage, step_offset: int = 0) -> None:
         """Freeze everything the stage does not train: no grads and eval mode (no EMA/codebook updates)."""
