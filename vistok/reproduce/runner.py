@@ -52,7 +52,8 @@ def plan(table: Table, scale: str, seeds: int, out: Path, all_stages: tuple[str,
 
     `user_overrides` (e.g. `trainer=gpu`) go to every run, after the table's own.
     """
-    extra = [*(table.scale_overrides or SCALE_OVERRIDES)[scale], *user_overrides]
+    data = table.data if scale != "paper" else ()
+    extra = [*(table.scale_overrides or SCALE_OVERRIDES)[scale], *data, *user_overrides]
     if scale == "paper" and table.paper_stages is not None:
         all_stages = table.paper_stages  # the paper base's stages (pre-training comes in with init_from)
 
