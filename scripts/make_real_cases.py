@@ -21,15 +21,14 @@ Needs scikit-learn (digits) or scikit-image (photos): `pip install -e ".[real]"`
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import sys
-import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from scripts.shard_writer import Sample, write_shards
 
 COLOURS = {"red": (225, 55, 45), "green": (60, 185, 70), "blue": (70, 110, 240), "yellow": (235, 205, 50)}
 PHOTOS = {  # scikit-image sample -> the name captions use
@@ -39,8 +38,6 @@ PHOTOS = {  # scikit-image sample -> the name captions use
 REGIONS = ["top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right"]
 DIGIT_VAL_SHARE = 0.2  # the last fifth of scikit-learn's glyphs is held out for validation
 CASES = ("digits", "photos")
-
-Sample = tuple[Image.Image, str]
 
 
 # ---- digits ------------------------------------------------------------------------------------------
@@ -126,43 +123,6 @@ SAMPLERS: dict[str, Callable[[str, int, np.random.Generator], Iterator[Sample]]]
     "digits": digit_samples, "photos": photo_samples}
 
 
-# ---- shards ------------------------------------------------------------------------------------------
-
-
-def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    tar.addfile(info, io.BytesIO(payload))
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")  # lossless: at 32 px JPEG's blocks would be half of what is learned
-    return buffer.getvalue()
-
-
-def write_split(out: Path, samples: Iterator[Sample], count: int, per_shard: int) -> list[Path]:
-    """`count` samples into out/NNNNN.tar shards of `per_shard` (img2dataset layout)."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for shard, first in enumerate(range(0, count, per_shard)):
-        rows = min(per_shard, count - first)
-        path = out / f"{shard:05d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for row in range(rows):
-                image, caption = next(samples)
-                key = f"{shard:05d}{row:04d}"  # no dots: webdataset splits the key at the first one
-                meta = {"key": key, "status": "success", "caption": caption, "error_message": None,
-                        "width": image.width, "height": image.height}
-                _add(tar, f"{key}.png", _png(image))
-                _add(tar, f"{key}.txt", caption.encode())
-                _add(tar, f"{key}.json", json.dumps(meta).encode())
-        stats = {"count": rows, "successes": rows, "failed_to_download": 0, "failed_to_resize": 0}
-        (out / f"{shard:05d}_stats.json").write_text(json.dumps(stats))
-        paths.append(path)
-    return paths
-
-
 def make_case(out: Path | str, case: str, resolution: int = 32, num_train: int = 6000, num_val: int = 500,
               per_shard: int = 1000, seed: int = 0) -> dict[str, list[Path]]:
     """Write OUT/train and OUT/val for `case`; returns the shard paths of each split."""
@@ -176,8 +136,9 @@ def make_case(out: Path | str, case: str, resolution: int = 32, num_train: int =
         if (out / split).exists() and any((out / split).iterdir()):
             raise FileExistsError(f"{out / split} is not empty: write the case to a new directory")
     seeds = np.random.SeedSequence(seed).spawn(2)
-    return {split: write_split(out / split, SAMPLERS[case](split, resolution, np.random.default_rng(s)), count,
-                               per_shard)
+    # PNG: lossless, at 32 px JPEG's blocks would be half of what a tokenizer learns
+    return {split: write_shards(out / split, SAMPLERS[case](split, resolution, np.random.default_rng(s)), count,
+                                per_shard, image_format="png")
             for split, count, s in (("train", num_train, seeds[0]), ("val", num_val, seeds[1]))}
 
 

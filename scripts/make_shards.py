@@ -17,15 +17,14 @@ Layout, as img2dataset writes it: OUT/NNNNN.tar holding `<key>.jpg`, `<key>.txt`
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import sys
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from scripts.shard_writer import write_shards
 
 SKIES = {  # name -> (zenith, horizon) colours
     "blue daytime sky": ((40, 100, 200), (170, 210, 240)),
@@ -259,45 +258,20 @@ def draw_objects(image: Image.Image, rng: np.random.Generator, scene: Scene, hor
 # ---- shards ------------------------------------------------------------------------------------------
 
 
-def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    tar.addfile(info, io.BytesIO(payload))
-
-
-def _jpeg(image: Image.Image, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
 def make_shards(out: Path | str, resolution: int, num_samples: int = 16, per_shard: int = 8, seed: int = 0,
                 quality: int = 90) -> list[Path]:
     """Write `num_samples` images of `resolution` px into OUT/NNNNN.tar shards; returns the shard paths."""
     if resolution < 16 or num_samples < 1 or not 1 <= per_shard <= 10000:
         raise ValueError(f"need resolution >= 16, num_samples >= 1 and 1 <= per_shard <= 10000, got "
                          f"{resolution}, {num_samples}, {per_shard}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    paths = []
-    for shard, first in enumerate(range(0, num_samples, per_shard)):
-        count = min(per_shard, num_samples - first)
-        path = out / f"{shard:05d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for row in range(count):
-                key = f"{shard:05d}{row:04d}"  # no dots: webdataset splits the key at the first one
-                scene = sample_scene(rng)
-                text = caption(scene)
-                meta = {"key": key, "status": "success", "caption": text, "error_message": None,
-                        "width": resolution, "height": resolution}
-                _add(tar, f"{key}.jpg", _jpeg(render(rng, scene, resolution), quality))
-                _add(tar, f"{key}.txt", text.encode())
-                _add(tar, f"{key}.json", json.dumps(meta).encode())
-        stats = {"count": count, "successes": count, "failed_to_download": 0, "failed_to_resize": 0}
-        (out / f"{shard:05d}_stats.json").write_text(json.dumps(stats))
-        paths.append(path)
-    return paths
+
+    def scenes():
+        while True:
+            scene = sample_scene(rng)
+            yield render(rng, scene, resolution), caption(scene)
+
+    return write_shards(Path(out), scenes(), num_samples, per_shard, "jpg", quality)
 
 
 def main(argv: list[str] | None = None) -> int:
