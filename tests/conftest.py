@@ -70,3 +70,17 @@ def compose_cfg(cache_dir, tmp_path):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+def write_lpips_weights(folder: Path) -> tuple[Path, Path]:
+    """LPIPS's two weight files in their published layouts (random values): VGG16 features and the heads."""
+    import torch
+
+    from vistok.losses.perceptual import _CHANNELS, _vgg_features
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in _vgg_features().state_dict().items()}, folder / "vgg16.pth")
+    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(_CHANNELS)},
+               folder / "lpips_vgg.pth")
+    return folder / "vgg16.pth", folder / "lpips_vgg.pth"

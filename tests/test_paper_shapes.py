@@ -22,6 +22,7 @@ import pytest
 
 from scripts.make_shards import make_shards
 from tests.conftest import ROOT
+from tests.conftest import write_lpips_weights
 from tests.test_local_llm import write_qwen2_directory
 from vistok.reproduce.paper_shapes import PAPER_SHAPES, paper_llm_config, paper_shape_overrides
 
@@ -143,6 +144,8 @@ def train_at_paper_shapes(experiment: str, work: Path, cache: Path, compose, thr
         inputs["teacher_dim"] = TEACHER_DIM
     if shapes.init:
         inputs["init_from"] = "(written below)"
+    if shapes.lpips:
+        inputs["lpips_vgg"], inputs["lpips_heads"] = map(str, write_lpips_weights(work / "lpips"))
     overrides = paper_shape_overrides(experiment, train, val, **inputs)
     if shapes.init:
         without_init = [o for o in overrides if not o.startswith("init_from=")]
@@ -207,9 +210,9 @@ def test_paper_shapes_keep_the_paper_sizes_and_cut_only_depth(experiment, compos
     every depth key is smaller than the paper's."""
     shapes = PAPER_SHAPES[experiment]
     inputs = {"llm_path": str(tmp_path), "init_from": str(tmp_path), "teacher_path": str(tmp_path),
-              "teacher_dim": TEACHER_DIM}
+              "teacher_dim": TEACHER_DIM, "lpips_vgg": str(tmp_path), "lpips_heads": str(tmp_path)}
     wanted = {"llm_path": shapes.llm, "init_from": shapes.init, "teacher_path": shapes.teacher,
-              "teacher_dim": shapes.teacher}
+              "teacher_dim": shapes.teacher, "lpips_vgg": shapes.lpips, "lpips_heads": shapes.lpips}
     paper = compose_cfg([f"experiment={experiment}"])
     small = compose_cfg(paper_shape_overrides(experiment, "T", "V", **{k: v for k, v in inputs.items()
                                                                         if wanted[k]}))
@@ -232,7 +235,7 @@ def _select(cfg, key):
 
 
 def test_missing_inputs_are_named():
-    with pytest.raises(ValueError, match="llm_path, init_from"):
+    with pytest.raises(ValueError, match="llm_path, init_from, lpips_vgg and lpips_heads"):
         paper_shape_overrides("ett_paper", "T", "V")
     with pytest.raises(ValueError, match="teacher_path and teacher_dim"):
         paper_shape_overrides("tokenflow_paper", "T", "V")

@@ -5,17 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vistok.losses.perceptual import _CHANNELS, LPIPS, _vgg_features
+from tests.conftest import write_lpips_weights
+from vistok.losses.perceptual import LPIPS
 
 
 @pytest.fixture
 def weight_files(tmp_path):
-    torch.manual_seed(0)
-    vgg = {f"features.{k}": v for k, v in _vgg_features().state_dict().items()}
-    heads = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(_CHANNELS)}
-    torch.save(vgg, tmp_path / "vgg16.pth")
-    torch.save(heads, tmp_path / "lpips_vgg.pth")
-    return tmp_path / "vgg16.pth", tmp_path / "lpips_vgg.pth"
+    return write_lpips_weights(tmp_path)
 
 
 def test_lpips_zero_for_identical_and_positive_for_different(weight_files):

@@ -8,7 +8,7 @@ whole override list for `train.py` or `dry_run`:
 
 | experiment | depth cut (paper -> here) | inputs it needs |
 | --- | --- | --- |
-| ett_paper | conv blocks per level 2 -> 1; LLM layers 28 -> the directory's | shards, llm_path, init_from |
+| ett_paper | conv blocks per level 2 -> 1; LLM layers 28 -> the directory's | shards, llm_path, init_from, lpips |
 | tokenflow_paper | both towers' and the pixel decoder's conv blocks 2 -> 1 | shards, teacher |
 | tokenflow_paper_vq | conv blocks per level 2 -> 1 | shards |
 | flextok_paper | ViT depth 18 -> 2 (encoder and decoder) | shards |
@@ -40,11 +40,12 @@ class PaperShapes:
     llm: bool = False       # needs a local LLM directory (llm_path) of reduced depth
     teacher: bool = False   # needs a local Hugging Face vision model (teacher_path, teacher_dim)
     init: bool = False      # needs a pre-trained tokenizer (init_from)
+    lpips: bool = False     # needs LPIPS's weight files (lpips_vgg, lpips_heads)
 
 
 PAPER_SHAPES: dict[str, PaperShapes] = {
-    "ett_paper": PaperShapes(("tokenizer.encoder.blocks_per_level=1",), llm=True, init=True),
-    "ett_paper_gen": PaperShapes(("tokenizer.encoder.blocks_per_level=1",), llm=True, init=True),
+    "ett_paper": PaperShapes(("tokenizer.encoder.blocks_per_level=1",), llm=True, init=True, lpips=True),
+    "ett_paper_gen": PaperShapes(("tokenizer.encoder.blocks_per_level=1",), llm=True, init=True, lpips=True),
     "tokenflow_paper": PaperShapes(("tokenizer.encoder.semantic.blocks_per_level=1",
                                     "tokenizer.encoder.pixel.blocks_per_level=1",
                                     "tokenizer.decoder.pixel.blocks_per_level=1", GAN_FROM_START),
@@ -64,16 +65,19 @@ PAPER_SHAPES: dict[str, PaperShapes] = {
 
 def paper_shape_overrides(experiment: str, train: str, val: str, *, llm_path: str | None = None,
                           teacher_path: str | None = None, teacher_dim: int | None = None,
-                          init_from: str | None = None) -> list[str]:
+                          init_from: str | None = None, lpips_vgg: str | None = None,
+                          lpips_heads: str | None = None) -> list[str]:
     """`train.py` overrides that run `experiment` at paper shapes on img2dataset shards `train` / `val`.
 
-    Raises ValueError naming the experiment's missing inputs (an LLM directory, a teacher, init_from)."""
+    Raises ValueError naming the experiment's missing inputs (an LLM directory, a teacher, init_from, LPIPS
+    weights)."""
     if experiment not in PAPER_SHAPES:
         raise ValueError(f"no paper shapes for {experiment!r}; known: {', '.join(sorted(PAPER_SHAPES))}")
     shapes = PAPER_SHAPES[experiment]
     no_teacher = teacher_path is None or teacher_dim is None
     needed = {"llm_path": shapes.llm and llm_path is None, "init_from": shapes.init and init_from is None,
-              "teacher_path and teacher_dim": shapes.teacher and no_teacher}
+              "teacher_path and teacher_dim": shapes.teacher and no_teacher,
+              "lpips_vgg and lpips_heads": shapes.lpips and (lpips_vgg is None or lpips_heads is None)}
     missing = [name for name, absent in needed.items() if absent]
     if missing:
         raise ValueError(f"{experiment} at paper shapes needs {', '.join(missing)}")
@@ -86,6 +90,8 @@ def paper_shape_overrides(experiment: str, train: str, val: str, *, llm_path: st
     if shapes.teacher:
         overrides += [f"module.semantic.teacher.path={teacher_path}",
                       f"tokenizer.decoder.semantic.out_dim={teacher_dim}"]
+    if shapes.lpips:
+        overrides += [f"loss.perceptual.vgg_path={lpips_vgg}", f"loss.perceptual.heads_path={lpips_heads}"]
     return overrides
 
 
