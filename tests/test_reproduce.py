@@ -65,6 +65,19 @@ def test_user_overrides_reach_every_run_and_change_what_counts_as_done(tmp_path)
     assert base.done() and not plain_bases[0].done()
 
 
+def test_a_tables_data_source_reaches_every_mini_run_but_not_the_paper_configs(tmp_path):
+    from vistok.reproduce.runner import plan
+
+    table = TABLES["ett_real"]
+    for scale, expected in (("smoke", 1), ("mini", 1), ("paper", 0)):
+        bases, rows = plan(table, scale, 1, tmp_path, table.stages, ["data.train=T", "data.val=V"])
+        jobs = [*bases, *(job for jobs in rows.values() for job in jobs)]
+        assert all(job.overrides.count("data=shards") == expected for job in jobs), scale
+        # the user's shards come after the table's source, so they fill it in
+        assert all(job.overrides.index("data.train=T") > job.overrides.index("data=shards")
+                   for job in jobs if expected)
+
+
 @pytest.mark.parametrize("user", [[], ["num_threads=1"]])
 def test_threads_per_run_follow_parallel_unless_the_user_pins_them(tmp_path, monkeypatch, user):
     import subprocess
