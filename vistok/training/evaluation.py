@@ -106,7 +106,7 @@ class BitEvaluation:
 
     def __init__(self, tokenizer: nn.Module):
         self.tokenizer = tokenizer
-        self.stochastic = bool(getattr(tokenizer.quantizer, "stochastic", False))
+        self.stochastic = tokenizer.quantizer.stochastic
         self.metric = BitMetrics(tokenizer.num_tokens, tokenizer.bits_per_token, self.stochastic)
 
     @staticmethod

@@ -35,6 +35,7 @@ class Quantizer(nn.Module):
 
     codebook_size: int
     dim: int
+    stochastic = False  # True: training mode samples its codes (evaluation then also scores a sampled pass)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:  # pragma: no cover - interface
         raise NotImplementedError
