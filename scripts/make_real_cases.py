@@ -1,4 +1,4 @@
-"""Write real-image test cases as img2dataset-layout shards, from data that Python packages ship (no download).
+"""Write real-image test cases as img2dataset-layout shards from data that Python packages ship (no download).
 
     python -m scripts.make_real_cases OUT --case digits [--resolution 32] [--num-train 6000] [--num-val 500]
     python -m scripts.make_real_cases OUT --case photos --resolution 128
@@ -33,7 +33,8 @@ from scripts.shard_writer import Sample, write_shards
 COLOURS = {"red": (225, 55, 45), "green": (60, 185, 70), "blue": (70, 110, 240), "yellow": (235, 205, 50)}
 PHOTOS = {  # scikit-image sample -> the name captions use
     "astronaut": "astronaut", "chelsea": "cat", "coffee": "coffee", "hubble_deep_field": "galaxy",
-    "stereo_motorcycle": "motorcycle", "retina": "retina", "rocket": "rocket", "immunohistochemistry": "tissue",
+    "stereo_motorcycle": "motorcycle", "retina": "retina", "rocket": "rocket",
+    "immunohistochemistry": "tissue",
 }
 REGIONS = ["top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right"]
 DIGIT_VAL_SHARE = 0.2  # the last fifth of scikit-learn's glyphs is held out for validation
@@ -106,7 +107,8 @@ def photo_crop(rng: np.random.Generator, photos: dict[str, np.ndarray], size: in
     centre_x = (region % 3 + 0.5) / 3 * width + rng.uniform(-0.08, 0.08) * width
     top = int(np.clip(centre_y - cell / 2, 0, height - cell))
     left = int(np.clip(centre_x - cell / 2, 0, width - cell))
-    crop = Image.fromarray(photo[top:top + int(cell), left:left + int(cell)]).resize((size, size), Image.BICUBIC)
+    side = int(cell)
+    crop = Image.fromarray(photo[top:top + side, left:left + side]).resize((size, size), Image.BICUBIC)
     mirrored = bool(rng.integers(2))
     if mirrored:
         crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
@@ -129,21 +131,23 @@ def make_case(out: Path | str, case: str, resolution: int = 32, num_train: int =
     if case not in SAMPLERS:
         raise ValueError(f"unknown case '{case}' (known: {', '.join(CASES)})")
     if resolution < 16 or num_train < 1 or num_val < 1 or not 1 <= per_shard <= 10000:
-        raise ValueError(f"need resolution >= 16, num_train and num_val >= 1 and 1 <= per_shard <= 10000, got "
-                         f"{resolution}, {num_train}, {num_val}, {per_shard}")
+        raise ValueError(f"need resolution >= 16, num_train and num_val >= 1 and 1 <= per_shard <= 10000, "
+                         f"got {resolution}, {num_train}, {num_val}, {per_shard}")
     out = Path(out)
     for split in ("train", "val"):
         if (out / split).exists() and any((out / split).iterdir()):
             raise FileExistsError(f"{out / split} is not empty: write the case to a new directory")
     seeds = np.random.SeedSequence(seed).spawn(2)
     # PNG: lossless, at 32 px JPEG's blocks would be half of what a tokenizer learns
-    return {split: write_shards(out / split, SAMPLERS[case](split, resolution, np.random.default_rng(s)), count,
-                                per_shard, image_format="png")
-            for split, count, s in (("train", num_train, seeds[0]), ("val", num_val, seeds[1]))}
+    splits = (("train", num_train, seeds[0]), ("val", num_val, seeds[1]))
+    return {split: write_shards(out / split, SAMPLERS[case](split, resolution, np.random.default_rng(seed)),
+                                count, per_shard, image_format="png")
+            for split, count, seed in splits}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--case", choices=CASES, required=True)
     parser.add_argument("--resolution", type=int, default=32)
@@ -153,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        make_case(args.out, args.case, args.resolution, args.num_train, args.num_val, args.per_shard, args.seed)
+        make_case(args.out, args.case, args.resolution, args.num_train, args.num_val, args.per_shard,
+                  args.seed)
     except ImportError as error:
         print(f"make_real_cases: {error.name} is needed for the '{args.case}' case: pip install -e '.[real]'",
               file=sys.stderr)
@@ -161,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError) as error:
         print(f"make_real_cases: {error}", file=sys.stderr)
         return 2
+    resolution = f" data.resolution={args.resolution}" if args.resolution != 32 else ""
     print(f"wrote {args.num_train} training and {args.num_val} validation images ({args.case}, "
-          f"{args.resolution} px) under {args.out}\ntrain on them with: data=shards data.train={args.out}/train "
-          f"data.val={args.out}/val" + (f" data.resolution={args.resolution}" if args.resolution != 32 else ""))
+          f"{args.resolution} px) under {args.out}\ntrain on them with: data=shards "
+          f"data.train={args.out}/train data.val={args.out}/val{resolution}")
     return 0
 
 
