@@ -42,9 +42,11 @@ def test_ett_paper_sizes_follow_the_model(tmp_path):
     assert ett.world_size == 64
     assert any("llm.path" in i for i in ett.inputs) and any("data.train" in i for i in ett.inputs)
     stages = {s.name: s for s in ett.stages}
-    # The LLM's forward + backward is about 6 N L (the attention term on top); the tokenizer adds its own.
+    # The LLM's forward + backward is about 6 N L (the attention term on top); the tokenizer adds its own:
+    # IBQ's VQGAN CNN at 512 px (4-5 residual blocks of 128-512 channels per level, 18 3x3 convolutions at
+    # full resolution alone, ~1.4 TFLOP forward) with LPIPS and the discriminator, about 0.8 x the LLM's.
     rule = 6 * ett.params["llm"] * ett.llm_sequence
-    assert rule < stages["ett"].flops_per_sample < 1.6 * rule
+    assert rule < stages["ett"].flops_per_sample < 2 * rule
     # Post-training trains the LLM only (tokenizer frozen): less work and less memory than ETT's stage.
     assert stages["post"].flops_per_sample < stages["ett"].flops_per_sample
     for stage in stages.values():

@@ -26,7 +26,7 @@ from tests.conftest import write_lpips_weights
 from tests.test_local_llm import write_qwen2_directory
 from vistok.reproduce.paper_shapes import PAPER_SHAPES, paper_llm_config, paper_shape_overrides
 
-RESOLUTIONS = {"ett_paper": 512, "ett_paper_gen": 512, "tokenflow_paper": 256, "tokenflow_paper_vq": 256,
+RESOLUTIONS = {"ibq_paper": 256, "ett_paper": 512, "ett_paper_gen": 512, "tokenflow_paper": 256, "tokenflow_paper_vq": 256,
                "flextok_paper": 256, "onedpiece_paper": 256, "instella_paper": 1024, "instella_paper_vq2d": 1024,
                "dualtoken_paper": 256}
 LLM_LAYERS = 1
@@ -67,7 +67,8 @@ def write_vision_teacher(path: Path, resolution: int, hidden: int = TEACHER_DIM)
 
 
 def write_init_checkpoint(path: Path, overrides: list[str], compose) -> Path:
-    """A checkpoint holding the experiment's tokenizer (freshly built): the pre-trained run of init_from."""
+    """A checkpoint holding the tokenizer `overrides` compose (freshly built): the pre-trained run of
+    init_from."""
     import torch
     from hydra.utils import instantiate
 
@@ -147,10 +148,10 @@ def train_at_paper_shapes(experiment: str, work: Path, cache: Path, compose, thr
     if shapes.lpips:
         inputs["lpips_vgg"], inputs["lpips_heads"] = map(str, write_lpips_weights(work / "lpips"))
     overrides = paper_shape_overrides(experiment, train, val, **inputs)
-    if shapes.init:
-        without_init = [o for o in overrides if not o.startswith("init_from=")]
-        init = write_init_checkpoint(work / "pretrained.ckpt", without_init, compose)
-        overrides = [*without_init, f"init_from={init}"]
+    if shapes.init:  # the tokenizer as the pre-training experiment builds it
+        pretraining = [f"experiment={shapes.init}", "debug=paper_shapes", *PAPER_SHAPES[shapes.init].depth]
+        init = write_init_checkpoint(work / "pretrained.ckpt", pretraining, compose)
+        overrides = [*(o for o in overrides if not o.startswith("init_from=")), f"init_from={init}"]
     overrides += list(extra)
     run_dir = work / "run"
     return overrides, run_dir, run_measured(overrides, run_dir, cache, threads)
@@ -253,11 +254,15 @@ def test_the_paper_llm_is_qwen2_5_1_5b_at_reduced_depth():
 @pytest.mark.slow
 def test_ett_paper_trains_at_paper_shapes(tmp_path, cache_dir, compose_cfg):
     """512 px, 32 x 32 = 1024 tokens of a K = 131,072 IBQ codebook into a Qwen2.5-1.5B-architecture LLM
-    (hidden 1536) at reduced depth: align, ett and post trained and validated, then exported and loaded."""
+    (hidden 1536) at reduced depth: every tensor of an ibq_paper tokenizer loads (init_from), align, ett and
+    post train and validate, then export and load."""
     overrides, run_dir, measured = train_at_paper_shapes("ett_paper", tmp_path, cache_dir, compose_cfg,
                                                          extra=ONE_STEP)
     check_end_to_end("ett_paper", run_dir, measured)
-    assert "init_from" in measured.stdout
+    import torch
+
+    pretrained = torch.load(tmp_path / "pretrained.ckpt", weights_only=True)["state_dict"]
+    assert f"loaded {len(pretrained)}/" in measured.stdout, "an ibq_paper tokenizer must load whole"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert list(metrics["stages"]) == ["align", "ett", "post"]
     tokenizer_config = (run_dir / "tokenizer" / "config.yaml").read_text()

@@ -8,7 +8,8 @@ whole override list for `train.py` or `dry_run`:
 
 | experiment | depth cut (paper -> here) | inputs it needs |
 | --- | --- | --- |
-| ett_paper | conv blocks per level 2 -> 1; LLM layers 28 -> the directory's | shards, llm_path, init_from, lpips |
+| ett_paper | conv blocks per level 4 -> 1 (decoder 5 -> 1); LLM layers 28 -> the directory's | shards, llm_path, init_from, lpips |
+| ibq_paper | conv blocks per level 4 -> 1 (decoder 5 -> 1) | shards, lpips |
 | tokenflow_paper | both towers' and the pixel decoder's conv blocks 2 -> 1 | shards, teacher |
 | tokenflow_paper_vq | conv blocks per level 2 -> 1 | shards |
 | flextok_paper | ViT depth 18 -> 2 (encoder and decoder) | shards |
@@ -39,13 +40,15 @@ class PaperShapes:
     depth: tuple[str, ...]  # overrides that cut depth (and what depends on it)
     llm: bool = False       # needs a local LLM directory (llm_path) of reduced depth
     teacher: bool = False   # needs a local Hugging Face vision model (teacher_path, teacher_dim)
-    init: bool = False      # needs a pre-trained tokenizer (init_from)
+    init: str | None = None  # needs a pre-trained tokenizer (init_from): the experiment that trains one
     lpips: bool = False     # needs LPIPS's weight files (lpips_vgg, lpips_heads)
 
 
+IBQ_DEPTH = ("tokenizer.encoder.blocks_per_level=1", "tokenizer.decoder.blocks_per_level=1")
 PAPER_SHAPES: dict[str, PaperShapes] = {
-    "ett_paper": PaperShapes(("tokenizer.encoder.blocks_per_level=1",), llm=True, init=True, lpips=True),
-    "ett_paper_gen": PaperShapes(("tokenizer.encoder.blocks_per_level=1",), llm=True, init=True, lpips=True),
+    "ibq_paper": PaperShapes(IBQ_DEPTH, lpips=True),
+    "ett_paper": PaperShapes(IBQ_DEPTH, llm=True, init="ibq_paper", lpips=True),
+    "ett_paper_gen": PaperShapes(IBQ_DEPTH, llm=True, init="ibq_paper", lpips=True),
     "tokenflow_paper": PaperShapes(("tokenizer.encoder.semantic.blocks_per_level=1",
                                     "tokenizer.encoder.pixel.blocks_per_level=1",
                                     "tokenizer.decoder.pixel.blocks_per_level=1", GAN_FROM_START),
