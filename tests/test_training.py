@@ -138,6 +138,26 @@ def test_checkpoints_of_the_earlier_layout_load_into_the_module(ett_parts):
     assert all(torch.equal(loaded[k], v + 1) for k, v in own.items() if v.is_floating_point())
 
 
+def test_init_from_takes_every_tensor_of_the_earlier_layout_and_refuses_a_foreign_checkpoint(ett_parts, tmp_path,
+                                                                                             capsys):
+    """init_from chooses tensors by name before loading, so it must rename as the strict load's hooks do: a
+    tokenizer checkpoint of the earlier layout (`tokenizer.*`) loads whole; one of which nothing fits fails."""
+    from vistok.training.runner import load_init
+
+    cfg, datamodule, module = ett_parts
+    tokenizer = {f"tokenizer.{k}": v.clone() + 1 for k, v in module.tokenizer.state_dict().items()
+                 if v.is_floating_point()}
+    torch.save({"state_dict": tokenizer}, tmp_path / "pretrained.ckpt")
+    fresh = build_module(cfg, datamodule)
+    load_init(fresh, str(tmp_path / "pretrained.ckpt"))
+    assert f"loaded {len(tokenizer)}/" in capsys.readouterr().out
+    loaded = fresh.state_dict()
+    assert all(torch.equal(loaded[f"model.{k}"], v) for k, v in tokenizer.items())
+    torch.save({"state_dict": {"encoder.conv.weight": torch.zeros(3)}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(ValueError, match="none of its 1 tensors fits this model"):
+        load_init(fresh, str(tmp_path / "foreign.ckpt"))
+
+
 def test_the_caption_loss_alone_tunes_the_ibq_codebook_in_ett_mini_ibq(compose_cfg, tmp_path):
     """ETT tunes the whole IBQ tokenizer: with alpha 0 the codebook moves by the caption gradient alone."""
     cfg = compose_cfg(["experiment=ett_mini_ibq", *TINY])

@@ -393,6 +393,19 @@ class VistokModule(L.LightningModule):
         self.log_dict(logs, sync_dist=False, rank_zero_only=True)
 
 
+def with_current_names(module: VistokModule, state_dict: dict) -> dict:
+    """A checkpoint's weights under today's names, as a strict load would see them after its hooks: the
+    parts of earlier versions moved under `model.`, the tokenizer's earlier names renamed. For a partial
+    load (init_from), which must choose tensors by name before loading."""
+    state = dict(state_dict)
+    _move_parts_under_model(state, "")
+    prefix = "model.tokenizer."
+    for old, new in module.tokenizer.legacy_keys.items():
+        if prefix + old in state:
+            state[prefix + new] = state.pop(prefix + old)
+    return state
+
+
 def _move_parts_under_model(state_dict: dict, prefix: str, *_) -> None:
     """Load-state-dict pre-hook: keys `<prefix><part>.*` of a checkpoint from an earlier version (the model's
     parts at the top level) become `<prefix>model.<part>.*`, in place."""

@@ -32,7 +32,7 @@ from vistok.training.checkpointing import (
     load_finished_stage,
     model_config,
 )
-from vistok.training.module import VistokModule
+from vistok.training.module import VistokModule, with_current_names
 from vistok.training.preemption import PreemptionCheckpoint, install_preemption_handler
 from vistok.training.prepare import prepare_run
 from vistok.training.quiet import quiet_libraries
@@ -93,11 +93,16 @@ def load_init(module: VistokModule, path: str) -> None:
         ckpt = candidates[-1]
     if not (ckpt.is_file() or is_distributed_checkpoint(ckpt)):
         raise FileNotFoundError(f"init_from: {ckpt} does not exist")
-    state = load_weights(ckpt)
+    state = with_current_names(module, load_weights(ckpt))
     own = module.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(f"init_from {ckpt}: none of its {len(state)} tensors fits this model (their names or "
+                         f"shapes differ, e.g. {next(iter(state), 'none')}); is it a run of another experiment?")
     module.load_state_dict(usable, strict=False)
-    print(f"init_from {ckpt}: loaded {len(usable)}/{len(own)} tensors")
+    skipped = len(state) - len(usable)
+    print(f"init_from {ckpt}: loaded {len(usable)}/{len(own)} tensors"
+          + (f"; {skipped} of the checkpoint's did not fit (name or shape) and were left out" if skipped else ""))
 
 
 def _callbacks(cfg: DictConfig, stage_dir: Path) -> list:
