@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -129,6 +130,30 @@ def test_gradients_reach_both_encoders_and_every_parameter(variant):
     ((recon - x).abs().mean() + sum(out.losses.values()) + semantic).backward()
     missing = [n for n, p in tok.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
     assert not missing, missing
+
+
+def test_pooled_term_compares_the_averages_only():
+    """DualToken's pooled term: a prediction that is the target with its positions shuffled scores zero on
+    it (the averages agree) but not per position; a prediction off by a constant scores on both."""
+    class Student(torch.nn.Module):  # predict_semantics returns whatever the test sets
+        grid = 2
+        prediction = None
+
+        def predict_semantics(self, embeddings):
+            return self.prediction
+
+    teacher = torch.nn.Conv2d(3, TEACHER, 8, stride=8)  # (B, 3, 16, 16) -> (B, TEACHER, 2, 2)
+    loss = SemanticDistillation(teacher, cosine_weight=1.0, mse_weight=1.0, pooled_weight=1.0)
+    x, student, out = images(), Student(), SimpleNamespace(embeddings=None)
+    target = loss.targets(x, 2)  # (B, 4, TEACHER)
+    student.prediction = target[:, [1, 0, 3, 2]]
+    _, shuffled = loss(student, x, out)
+    assert shuffled["semantic/pooled"] < 1e-6 < shuffled["semantic/mse"]
+    student.prediction = target + 1.0
+    _, shifted = loss(student, x, out)
+    assert shifted["semantic/pooled"] > 0.5
+    without = SemanticDistillation(teacher)(student, x, out)[1]
+    assert "semantic/pooled" not in without
 
 
 def test_semantic_loss_reaches_the_semantic_tower_only_and_recon_reaches_both():

@@ -1,5 +1,6 @@
 """Semantic distillation for the dual family: the semantic half of the codes, through the tokenizer's
-semantic head, predicts a frozen teacher's patch features (TokenFlow 2.2: cosine; DualToken 3.2: MSE - cos)."""
+semantic head, predicts a frozen teacher's patch features (TokenFlow 2.2: cosine; DualToken 3.2: MSE - cos,
+per position and on the pooled features)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,25 @@ from torch import nn
 
 
 class SemanticDistillation(nn.Module):
-    """L_sem = cosine_weight * mean(1 - cos(pred, target)) + mse_weight * MSE(pred, target), per position.
+    """L_sem = cosine_weight * mean(1 - cos(pred, target)) + mse_weight * MSE(pred, target), per position,
+    + pooled_weight * (1 - cos + MSE) of the position-averaged pred and target (DualToken's term on the
+    pooled output, weight 1 in its code; there the features pass the teacher's last layer and attention-pooling
+    head, here a mean over positions, since the student has no such head).
 
     The teacher's (B, Dt, h', w') map is area-pooled (or bilinearly resized up) to the tokenizer's grid.
     The teacher stays frozen and in eval mode whatever mode the training module switches to.
 
     Args:
         teacher: a frozen module, images (B, 3, H, W) in [-1, 1] -> (B, Dt, h', w').
-        cosine_weight, mse_weight: weights of the two terms.
+        cosine_weight, mse_weight: weights of the two per-position terms.
+        pooled_weight: weight of the pooled term (0 = off).
     """
 
-    def __init__(self, teacher: nn.Module, cosine_weight: float = 1.0, mse_weight: float = 0.0):
+    def __init__(self, teacher: nn.Module, cosine_weight: float = 1.0, mse_weight: float = 0.0,
+                 pooled_weight: float = 0.0):
         super().__init__()
         self.teacher = teacher.requires_grad_(False).eval()
-        self.cosine_weight, self.mse_weight = cosine_weight, mse_weight
+        self.cosine_weight, self.mse_weight, self.pooled_weight = cosine_weight, mse_weight, pooled_weight
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -50,4 +56,9 @@ class SemanticDistillation(nn.Module):
         terms = {"semantic/cosine": (1 - F.cosine_similarity(pred, target, dim=-1)).mean(),
                  "semantic/mse": F.mse_loss(pred, target)}
         total = self.cosine_weight * terms["semantic/cosine"] + self.mse_weight * terms["semantic/mse"]
+        if self.pooled_weight:
+            pooled, pooled_target = pred.mean(dim=1), target.mean(dim=1)  # (B, Dt) each
+            terms["semantic/pooled"] = ((1 - F.cosine_similarity(pooled, pooled_target, dim=-1)).mean()
+                                        + F.mse_loss(pooled, pooled_target))
+            total = total + self.pooled_weight * terms["semantic/pooled"]
         return total, terms

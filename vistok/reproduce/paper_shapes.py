@@ -16,7 +16,7 @@ whole override list for `train.py` or `dry_run`:
 | onedpiece_paper | ViT depth 12 -> 2 (encoder and decoder) | shards |
 | instella_paper | encoder 12 -> 2 (merge after block 1, was 8), decoder 16 -> 2 (split after 1) | shards |
 | instella_paper_vq2d | conv blocks per level 2 -> 1 | shards |
-| dualtoken_paper | backbone 27 -> 3 (taps 4/6/26 -> 1/2/3); pixel decoder blocks 2 -> 1 | shards, teacher |
+| dualtoken_paper | backbone 27 -> 3 (taps 4/6/26 -> 1/2/3); pixel decoder blocks 2 -> 1 | shards, teacher, lpips |
 
 The LLM's depth is the layer count of the directory `llm_path` points to: `paper_llm_config(layers)` is
 Qwen2.5-1.5B's architecture (`configs/llm/qwen2_5_1_5b.yaml`, `expected`) with fewer layers, for writing one.
@@ -62,7 +62,7 @@ PAPER_SHAPES: dict[str, PaperShapes] = {
     "instella_paper_vq2d": PaperShapes(("tokenizer.encoder.blocks_per_level=1", GAN_FROM_START)),
     "dualtoken_paper": PaperShapes(("tokenizer.encoder.depth=3", "tokenizer.encoder.shortcut_layer=1",
                                     "tokenizer.encoder.pixel_layer=2", "tokenizer.encoder.semantic_layer=3",
-                                    "tokenizer.decoder.pixel.blocks_per_level=1"), teacher=True),
+                                    "tokenizer.decoder.pixel.blocks_per_level=1"), teacher=True, lpips=True),
 }
 
 
