@@ -148,6 +148,24 @@ def test_uniform_pow2_keeps_every_token_in_about_half_the_samples():
     assert int(capped.max()) == 24 and abs(float((capped == 24).double().mean()) - 8 / 24) < 0.015  # 17..24
 
 
+def test_tail_full_prob_keeps_every_token_in_that_share_of_batches():
+    """TailDropout(full_prob=p): one length per batch, U{1..N} with prob 1 - p, N otherwise; at p = 0 the
+    random stream is One-D-Piece's alone (the same lengths as before the option existed)."""
+    from vistok.tokenizers.flex import TailDropout
+
+    n, draws = 32, 4000
+    torch.manual_seed(0)
+    lengths = torch.tensor([int(TailDropout(0.5).keep(3, n, torch.device("cpu")).unique()) for _ in range(draws)])
+    assert abs(float((lengths == n).double().mean()) - (0.5 + 0.5 / n)) < 0.03
+    assert abs(float((lengths == 1).double().mean()) - 0.5 / n) < 0.01
+    torch.manual_seed(0)
+    plain = [int(TailDropout().keep(1, n, torch.device("cpu"))) for _ in range(50)]
+    torch.manual_seed(0)
+    assert plain == [int(torch.randint(1, n + 1, ())) for _ in range(50)]
+    with pytest.raises(ValueError, match="full_prob"):
+        TailDropout(1.5)
+
+
 def test_token_budget_sampler_distribution_and_determinism():
     sampler = TokenBudgetSampler([64, 144, 256], [0.2, 0.3, 0.5], seed=3)
     draws = torch.tensor([sampler.sample() for _ in range(6000)])

@@ -105,10 +105,23 @@ class NestedDropout(LengthDropout):
 
 
 class TailDropout(LengthDropout):
-    """One-D-Piece: one length L ~ U{1..N} for the whole batch; the tail is masked out of attention."""
+    """One-D-Piece: one length L ~ U{1..N} for the whole batch; the tail is masked out of attention.
+
+    Args:
+        full_prob: the share of batches trained at full length, L = N (0 = One-D-Piece's own recipe; the
+            full length otherwise gets 1/N of the steps, as every other length).
+    """
+
+    def __init__(self, full_prob: float = 0.0):
+        super().__init__()
+        if not 0.0 <= full_prob <= 1.0:
+            raise ValueError(f"full_prob must be in [0, 1], got {full_prob}")
+        self.full_prob = full_prob
 
     def keep(self, batch: int, num_tokens: int, device: torch.device) -> torch.Tensor:
         length = int(torch.randint(1, num_tokens + 1, ()))
+        if self.full_prob > 0 and float(torch.rand(())) < self.full_prob:  # no extra draw at 0: runs unchanged
+            length = num_tokens
         return torch.full((batch,), length, device=device)
 
 
