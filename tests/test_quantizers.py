@@ -65,6 +65,14 @@ def test_deterministic_under_seed():
         assert torch.equal(outs[0], outs[1]), name
 
 
+def test_ibq_codebook_starts_as_ibqs_code_starts_it():
+    """N(0, 1) (nn.Embedding's init, which IBQ's code keeps), not VQGAN's U(-1/K, 1/K): with dot-product logits a
+    near-zero codebook leaves every code's logit near 0 at the start."""
+    torch.manual_seed(0)
+    codes = IndexBackpropQuantizer(16, 4096).codebook.weight
+    assert abs(float(codes.std()) - 1.0) < 0.02 and abs(float(codes.mean())) < 0.02
+
+
 def test_ibq_every_code_gets_gradient():
     """Index backpropagation: the softmax straight-through sends gradient to the whole codebook."""
     q = IndexBackpropQuantizer(D, 32)

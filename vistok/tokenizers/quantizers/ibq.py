@@ -30,8 +30,10 @@ class IndexBackpropQuantizer(Quantizer):
         self.codebook_size = codebook_size
         self.beta = beta
         self.entropy_temperature = entropy_temperature
+        # nn.Embedding's N(0, 1) init, kept as IBQ's code keeps it. The logits are dot products (z . e):
+        # VQGAN's U(-1/K, 1/K) init (earlier versions) started every logit near 0, so the first codes to
+        # grow took the argmax.
         self.codebook = nn.Embedding(codebook_size, dim)
-        nn.init.uniform_(self.codebook.weight, -1.0 / codebook_size, 1.0 / codebook_size)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         codes = self.codebook.weight  # (K, D)
