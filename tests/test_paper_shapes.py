@@ -276,3 +276,14 @@ def test_onedpiece_paper_trains_at_paper_shapes(tmp_path, cache_dir, compose_cfg
     _, run_dir, measured = train_at_paper_shapes("onedpiece_paper", tmp_path, cache_dir, compose_cfg,
                                                  extra=ONE_STEP)
     check_end_to_end("onedpiece_paper", run_dir, measured)
+
+
+@pytest.mark.slow
+def test_ibq_paper_trains_at_paper_shapes(tmp_path, cache_dir, compose_cfg):
+    """ETT's tokenizer pre-training at 256 px: IBQ's VQGAN CNN (attention at the 16 x 16 level), K = 131,072,
+    D = 256, with LPIPS, the discriminator and LeCAM from the first step; exported with its attention."""
+    _, run_dir, measured = train_at_paper_shapes("ibq_paper", tmp_path, cache_dir, compose_cfg, extra=ONE_STEP)
+    check_end_to_end("ibq_paper", run_dir, measured)
+    assert list(json.loads((run_dir / "metrics.json").read_text())["stages"]) == ["tokenizer"]
+    tokenizer_config = (run_dir / "tokenizer" / "config.yaml").read_text()
+    assert "attn_levels:\n    - 4" in tokenizer_config and "codebook_size: 131072" in tokenizer_config
