@@ -285,5 +285,8 @@ def test_ibq_paper_trains_at_paper_shapes(tmp_path, cache_dir, compose_cfg):
     _, run_dir, measured = train_at_paper_shapes("ibq_paper", tmp_path, cache_dir, compose_cfg, extra=ONE_STEP)
     check_end_to_end("ibq_paper", run_dir, measured)
     assert list(json.loads((run_dir / "metrics.json").read_text())["stages"]) == ["tokenizer"]
-    tokenizer_config = (run_dir / "tokenizer" / "config.yaml").read_text()
-    assert "attn_levels:\n    - 4" in tokenizer_config and "codebook_size: 131072" in tokenizer_config
+    from omegaconf import OmegaConf
+
+    exported = OmegaConf.load(run_dir / "tokenizer" / "config.yaml")
+    assert list(exported.encoder.attn_levels) == list(exported.decoder.attn_levels) == [4]
+    assert exported.encoder.mid_attention and exported.quantizer.codebook_size == 131072
