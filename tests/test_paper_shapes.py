@@ -26,9 +26,9 @@ from tests.conftest import write_lpips_weights
 from tests.test_local_llm import write_qwen2_directory
 from vistok.reproduce.paper_shapes import PAPER_SHAPES, paper_llm_config, paper_shape_overrides
 
-RESOLUTIONS = {"ibq_paper": 256, "ett_paper": 512, "ett_paper_gen": 512, "tokenflow_paper": 256, "tokenflow_paper_vq": 256,
-               "flextok_paper": 256, "onedpiece_paper": 256, "instella_paper": 1024, "instella_paper_vq2d": 1024,
-               "dualtoken_paper": 256}
+RESOLUTIONS = {"ibq_paper": 256, "ett_paper": 512, "ett_paper_gen": 512, "tokenflow_paper": 256,
+               "tokenflow_paper_vq": 256, "flextok_paper": 256, "onedpiece_paper": 256, "instella_paper": 1024,
+               "instella_paper_vq2d": 1024, "dualtoken_paper": 256}
 LLM_LAYERS = 1
 TEACHER_DIM = 1152  # SigLIP-so400m's width, as the paper configs' tokenizer.decoder.semantic.out_dim
 # CI trains one step per stage (time); the README's measurements use debug=paper_shapes' two, so that the
