@@ -140,9 +140,9 @@ def make_case(out: Path | str, case: str, resolution: int = 32, num_train: int =
     seeds = np.random.SeedSequence(seed).spawn(2)
     # PNG: lossless, at 32 px JPEG's blocks would be half of what a tokenizer learns
     splits = (("train", num_train, seeds[0]), ("val", num_val, seeds[1]))
-    return {split: write_shards(out / split, SAMPLERS[case](split, resolution, np.random.default_rng(seed)),
+    return {split: write_shards(out / split, SAMPLERS[case](split, resolution, np.random.default_rng(stream)),
                                 count, per_shard, image_format="png")
-            for split, count, seed in splits}
+            for split, count, stream in splits}
 
 
 def main(argv: list[str] | None = None) -> int:

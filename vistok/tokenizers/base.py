@@ -41,7 +41,7 @@ class Tokenizer(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self._register_load_state_dict_pre_hook(_rename_legacy_keys, with_module=True)
+        self._register_load_state_dict_pre_hook(rename_legacy_keys, with_module=True)
 
     def encode(self, images: torch.Tensor, num_tokens: int | None = None) -> TokenizerOutput:
         raise NotImplementedError
@@ -76,8 +76,9 @@ class Tokenizer(nn.Module):
         return self.codebook_sizes[0]
 
 
-def _rename_legacy_keys(tokenizer: Tokenizer, state_dict: dict, prefix: str, *args) -> None:
-    """Checkpoints and exports of earlier versions load under today's names (`Tokenizer.legacy_keys`)."""
+def rename_legacy_keys(tokenizer: Tokenizer, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints and exports of earlier versions load under today's names (`Tokenizer.legacy_keys`); a
+    load-state-dict pre-hook, also called by partial loads that choose tensors by name first."""
     for old, new in tokenizer.legacy_keys.items():
         if prefix + old in state_dict:
             state_dict[prefix + new] = state_dict.pop(prefix + old)

@@ -25,7 +25,7 @@ from vistok.losses.recon import TokenizerLoss
 from vistok.models.llm import caption_length_summary
 from vistok.models.sequence import drop_captions
 from vistok.models.unified import PARTS, UnifiedModel
-from vistok.tokenizers.base import TokenizerOutput
+from vistok.tokenizers.base import TokenizerOutput, rename_legacy_keys
 from vistok.training.budgets import TokenBudgetSampler
 from vistok.training.evaluation import UsageWindow, ValidationAccumulator
 from vistok.training.stages import Stage
@@ -399,10 +399,7 @@ def with_current_names(module: VistokModule, state_dict: dict) -> dict:
     load (init_from), which must choose tensors by name before loading."""
     state = dict(state_dict)
     _move_parts_under_model(state, "")
-    prefix = "model.tokenizer."
-    for old, new in module.tokenizer.legacy_keys.items():
-        if prefix + old in state:
-            state[prefix + new] = state.pop(prefix + old)
+    rename_legacy_keys(module.tokenizer, state, "model.tokenizer.")
     return state
 
 
