@@ -81,6 +81,21 @@ def test_ibq_every_code_gets_gradient():
     assert (q.codebook.weight.grad.abs().sum(-1) > 0).all()
 
 
+def test_ibq_cosine_similarity_picks_by_angle_not_norm():
+    """With cosine similarity a long code cannot win the argmax by its norm, and the output is a unit code."""
+    q = IndexBackpropQuantizer(2, 2, cosine_similarity=True)
+    with torch.no_grad():
+        q.codebook.weight.copy_(torch.tensor([[1.0, 0.0], [10.0, 10.0]]))
+    z = torch.tensor([[[2.0, 0.1]]])  # (1, 1, 2): closest in angle to code 0, largest dot product with code 1
+    out = q(z)
+    assert out.indices.item() == 0
+    assert torch.allclose(out.quantized.norm(dim=-1), torch.ones(1, 1))
+    plain = IndexBackpropQuantizer(2, 2)
+    with torch.no_grad():
+        plain.codebook.weight.copy_(q.codebook.weight)
+    assert plain(z).indices.item() == 1
+
+
 def test_vq_frozen_in_eval_mode_does_not_update_codebook():
     q = VectorQuantizer(D, 32, kmeans_init=False)
     q(torch.randn(4, 10, D))

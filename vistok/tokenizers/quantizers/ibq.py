@@ -22,24 +22,30 @@ class IndexBackpropQuantizer(Quantizer):
         codebook_size: number of codes K.
         beta: weight of the code-to-encoder term inside the quantization loss.
         entropy_temperature: temperature of the softmax used by the entropy loss.
+        cosine_similarity: l2-normalise features and codes before the logits (IBQ's `cosine_similarity`
+            option): the logits become cosines in [-1, 1] and the codes' norms cannot decide the argmax.
     """
 
-    def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, entropy_temperature: float = 0.01):
+    def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, entropy_temperature: float = 0.01,
+                 cosine_similarity: bool = False):
         super().__init__()
         self.dim = dim
         self.codebook_size = codebook_size
         self.beta = beta
         self.entropy_temperature = entropy_temperature
+        self.cosine_similarity = cosine_similarity
         # nn.Embedding's N(0, 1) init, kept as IBQ's code keeps it. The logits are dot products (z . e):
         # VQGAN's U(-1/K, 1/K) init (earlier versions) started every logit near 0, so the first codes to
         # grow took the argmax.
         self.codebook = nn.Embedding(codebook_size, dim)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        codes = self.codebook.weight  # (K, D)
+        codes = self._codes()  # (K, D)
+        if self.cosine_similarity:
+            z = F.normalize(z, dim=-1)
         logits = z @ codes.t()  # (B, N, K)
         indices = logits.argmax(dim=-1)  # (B, N)
-        hard = self.codebook(indices)  # (B, N, D)
+        hard = F.embedding(indices, codes)  # (B, N, D)
         if not self.training and not z.requires_grad:
             return QuantizerOutput(quantized=hard, indices=indices, losses={})
         # Training, or a frozen codebook under a trainable encoder: the straight-through path.
@@ -64,5 +70,10 @@ class IndexBackpropQuantizer(Quantizer):
         batch_entropy = -(mean_probs * torch.log(mean_probs + 1e-8)).sum()
         return sample_entropy - batch_entropy
 
+    def _codes(self) -> torch.Tensor:
+        """The codebook the logits and the lookup use: (K, D), unit rows under cosine similarity."""
+        codes = self.codebook.weight
+        return F.normalize(codes, dim=-1) if self.cosine_similarity else codes
+
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.codebook(indices)
+        return F.embedding(indices, self._codes())
