@@ -173,6 +173,11 @@ def _every_abs_at_most(metric: str, arms: list[str], bound: float) -> Trend:
     return Trend(f"|{metric}| <= {bound:g} in every row of {', '.join(arms)}", check, tuple(arms))
 
 
+def _understanding_gain(ett: str, frozen: str) -> list[Trend]:
+    """ETT's understanding claim at mini scale: >= 3 pts of attribute accuracy, >= 20 on the mark slot."""
+    return [_gap("attribute_accuracy", ett, frozen, 3.0), _gap("attribute_accuracy/mark", ett, frozen, 20.0)]
+
+
 PAPER4 = ["SEED-I", "GQA", "TQA", "MME-P", "GenEval"]
 PAPER5 = ["SEED-I", "GQA", "TQA", "MME-P", "rFID"]
 OURS = ["attribute_accuracy", "attribute_accuracy/mark", "caption_token_accuracy", "caption_exact_match", "psnr",
@@ -180,6 +185,9 @@ OURS = ["attribute_accuracy", "attribute_accuracy/mark", "caption_token_accuracy
 FROZEN = ["stages.ett.train=[projector,llm]", "stages.ett.alpha=0.0"]
 # ett_paper starts from a pre-trained IBQ tokenizer (init_from), so its stages are the three after it.
 ETT_PAPER_STAGES = ("align", "ett", "post")
+# ETT Table 5's frozen and alpha = 0.25 rows (also the IBQ arm's paper rows).
+PAPER5_FROZEN = {"SEED-I": 54.8, "GQA": 52.6, "TQA": 40.9, "MME-P": 1034.0, "rFID": 1.033}
+PAPER5_ALPHA025 = {"SEED-I": 60.0, "GQA": 54.8, "TQA": 46.9, "MME-P": 1124.7, "rFID": 1.648}
 ETT_PAPER_NOTE = "ETT Tables 4 and 5 as METHODS.md 1.5 transcribes them (all rows agree)."
 
 TABLES = {
@@ -200,8 +208,7 @@ TABLES = {
         paper_columns=PAPER4,
         paper_stages=ETT_PAPER_STAGES,
         trends=[
-            _gap("attribute_accuracy", "ett_mini", "ett_mini_frozen", 3.0),
-            _gap("attribute_accuracy/mark", "ett_mini", "ett_mini_frozen", 20.0),
+            *_understanding_gain("ett_mini", "ett_mini_frozen"),
             _gap("attribute_accuracy", "ett_mini", "ett_mini_index", 3.0),
             # The paper's frozen rows: codebook embeddings read better than discrete ids (GQA 52.6 vs 50.9).
             _gap("attribute_accuracy", "ett_mini_frozen", "ett_mini_index", 0.0),
@@ -213,13 +220,13 @@ TABLES = {
         title="ETT Table 5 - the understanding / reconstruction trade-off against alpha",
         rows=[
             Row("frozen", "ett_mini_frozen", FROZEN,
-                paper={"SEED-I": 54.8, "GQA": 52.6, "TQA": 40.9, "MME-P": 1034.0, "rFID": 1.033}),
+                paper=PAPER5_FROZEN),
             Row("frozen, wide projector (control)", "ett_mini_frozen_wide",
                 [*FROZEN, "projector.hidden_dim=4096", "projector.depth=3"]),
             Row("und only, alpha 0", "ett_mini_alpha0", ["stages.ett.alpha=0.0"],
                 paper={"SEED-I": 61.2, "GQA": 55.2, "TQA": 48.0, "MME-P": 1164.3, "rFID": 45.701}),
             Row("und + rec, alpha 0.25", "ett_mini", [],
-                paper={"SEED-I": 60.0, "GQA": 54.8, "TQA": 46.9, "MME-P": 1124.7, "rFID": 1.648}),
+                paper=PAPER5_ALPHA025),
             Row("und + rec, alpha 0.5", "ett_mini_alpha05", ["stages.ett.alpha=0.5"],
                 paper={"SEED-I": 59.9, "GQA": 54.7, "TQA": 46.9, "MME-P": 1118.1, "rFID": 1.655}),
             Row("und + rec, alpha 1.0", "ett_mini_alpha1", ["stages.ett.alpha=1.0"],
@@ -229,10 +236,8 @@ TABLES = {
         paper_columns=PAPER5,
         paper_stages=ETT_PAPER_STAGES,
         trends=[
-            _gap("attribute_accuracy", "ett_mini", "ett_mini_frozen", 3.0),
-            _gap("attribute_accuracy/mark", "ett_mini", "ett_mini_frozen", 20.0),
-            _gap("attribute_accuracy", "ett_mini", "ett_mini_frozen_wide", 3.0),
-            _gap("attribute_accuracy/mark", "ett_mini", "ett_mini_frozen_wide", 20.0),
+            *_understanding_gain("ett_mini", "ett_mini_frozen"),
+            *_understanding_gain("ett_mini", "ett_mini_frozen_wide"),
             _psnr_within("ett_mini", "ett_mini_frozen", 1.0),
             _highest("caption_token_accuracy", "ett_mini_alpha0"),
             _psnr_drop("ett_mini_alpha0", "ett_mini_frozen", 3.0),
@@ -254,16 +259,15 @@ TABLES["ett_table5_ibq"] = Table(
     title="ETT Table 5 with IBQ - frozen vs ETT-tuned tokenizer when the caption loss reaches the codebook",
     rows=[
         Row("IBQ, frozen", "ett_mini_ibq_frozen", FROZEN,
-            paper={"SEED-I": 54.8, "GQA": 52.6, "TQA": 40.9, "MME-P": 1034.0, "rFID": 1.033}),
+            paper=PAPER5_FROZEN),
         Row("IBQ, und + rec, alpha 0.25", "ett_mini_ibq", [],
-            paper={"SEED-I": 60.0, "GQA": 54.8, "TQA": 46.9, "MME-P": 1124.7, "rFID": 1.648}),
+            paper=PAPER5_ALPHA025),
     ],
     ours=OURS,
     paper_columns=PAPER5,
     paper_stages=ETT_PAPER_STAGES,
     trends=[
-        _gap("attribute_accuracy", "ett_mini_ibq", "ett_mini_ibq_frozen", 3.0),
-        _gap("attribute_accuracy/mark", "ett_mini_ibq", "ett_mini_ibq_frozen", 20.0),
+        *_understanding_gain("ett_mini_ibq", "ett_mini_ibq_frozen"),
         _psnr_within("ett_mini_ibq", "ett_mini_ibq_frozen", 1.0),
     ],
     base_experiment="ett_mini_ibq",
