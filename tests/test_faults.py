@@ -467,11 +467,31 @@ def test_metrics_json_records_the_steps_trained_and_a_rerun_that_trains_nothing_
     report = json.loads(first)
     assert report["stages"]["tokenizer"]["steps"] == 3 and report["steps"] == 3
     assert report["wall_seconds"] == report["stages"]["tokenizer"]["wall_seconds"] > 0
+    assert report["complete"] is True
     assert load(stage_dir(run_dir) / "last.ckpt")["vistok"]["stage_step"] == 3
     rerun = run_train(args, run_dir, cache_dir)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "already finished: skipped" in rerun.stdout + rerun.stderr
     assert (run_dir / "metrics.json").read_text() == first
+
+
+def test_metrics_json_says_complete_only_after_the_last_stage(tmp_path):
+    """Between stages `final` is the newest stage's metrics; `complete` tells a reader it is not the run's yet."""
+    from vistok.training.report import RunReport
+
+    path = tmp_path / "metrics.json"
+    report = RunReport(path, "ett_mini")
+    report.add_stage("tokenizer", {"psnr": 20.0}, steps=10, wall_seconds=1.0)
+    written = json.loads(path.read_text())
+    assert written["complete"] is False and written["final"] == {"psnr": 20.0}
+    report.add_stage("align", {"psnr": 20.0, "caption_loss": 3.0}, steps=5, wall_seconds=1.0)
+    report.finish(["tokenizer", "align"], data_skipped=0)
+    written = json.loads(path.read_text())
+    assert written["complete"] is True and written["steps"] == 15
+    resumed = RunReport(path, "ett_mini")  # a rerun that trains a stage again is incomplete until it ends
+    assert resumed.data["complete"] is True
+    resumed.add_stage("align", {"psnr": 21.0}, steps=5, wall_seconds=1.0)
+    assert json.loads(path.read_text())["complete"] is False
 
 
 # ---- 5. one process per run directory ------------------------------------------------------------------

@@ -14,20 +14,22 @@ STAGE_RECORD = ("steps", "wall_seconds")  # what a stage's entry holds besides i
 
 
 class RunReport:
-    """metrics.json = {"experiment", "steps", "wall_seconds", "final": {...}, "stages": {name: {...}}}.
+    """metrics.json = {"experiment", "steps", "wall_seconds", "complete", "final": {...}, "stages": {name: {...}}}.
 
-    Each stage's entry records the steps it actually trained and the wall time of its training and
+    `complete` is false from the first stage written until every stage has finished: while it is false,
+    `final` holds the newest finished stage's metrics, not the run's. Each stage's entry records the steps it actually trained and the wall time of its training and
     validation; the run's `steps` and `wall_seconds` are their sums over the experiment's stages. Written
     after every stage (so an interrupted run still shows what it finished) and re-read on resume.
     """
 
     def __init__(self, path: Path, experiment: str):
         self.path = Path(path)
-        self.data = {"experiment": experiment, "steps": 0, "wall_seconds": 0.0, "final": {}, "stages": {}}
+        self.data = {"experiment": experiment, "steps": 0, "wall_seconds": 0.0, "complete": False, "final": {},
+                     "stages": {}}
         if self.path.exists():
             previous = json.loads(self.path.read_text())
             if previous.get("experiment") == experiment:
-                self.data.update({k: previous[k] for k in ("steps", "wall_seconds", "final", "stages")
+                self.data.update({k: previous[k] for k in ("steps", "wall_seconds", "complete", "final", "stages")
                                   if k in previous})
 
     @property
@@ -37,6 +39,7 @@ class RunReport:
     def add_stage(self, name: str, metrics: dict, steps: int, wall_seconds: float) -> None:
         self.data["stages"][name] = {"steps": int(steps), "wall_seconds": round(wall_seconds, 1), **metrics}
         self.data["final"] = dict(metrics)
+        self.data["complete"] = False
         self._write()
 
     def finish(self, stage_names: list[str], data_skipped: int, nan_skipped: int = 0,
@@ -52,6 +55,7 @@ class RunReport:
             self.data["final"]["nan_skipped"] = nan_skipped
         if captions_truncated is not None:  # runs with an LLM
             self.data["final"]["captions_truncated"] = captions_truncated
+        self.data["complete"] = True
         self._write()
 
     def add_final(self, metrics: dict) -> None:
