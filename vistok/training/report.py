@@ -17,9 +17,10 @@ class RunReport:
     """metrics.json = {"experiment", "steps", "wall_seconds", "complete", "final": {...}, "stages": {name: {...}}}.
 
     `complete` is false from the first stage written until every stage has finished: while it is false,
-    `final` holds the newest finished stage's metrics, not the run's. Each stage's entry records the steps it actually trained and the wall time of its training and
-    validation; the run's `steps` and `wall_seconds` are their sums over the experiment's stages. Written
-    after every stage (so an interrupted run still shows what it finished) and re-read on resume.
+    `final` holds the newest finished stage's metrics, not the run's. Each stage's entry records the steps
+    it actually trained and the wall time of its training and validation; the run's `steps` and
+    `wall_seconds` are their sums over the experiment's stages. Written after every stage (so an
+    interrupted run still shows what it finished) and re-read on resume.
     """
 
     def __init__(self, path: Path, experiment: str):
