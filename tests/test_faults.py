@@ -494,6 +494,21 @@ def test_metrics_json_says_complete_only_after_the_last_stage(tmp_path):
     assert json.loads(path.read_text())["complete"] is False
 
 
+def test_metrics_json_of_a_run_with_geneval_is_complete_only_once_geneval_is_merged(tmp_path):
+    """A mini-GenEval run measures after its last stage: `final` lacks geneval_accuracy until then."""
+    from vistok.training.report import RunReport
+
+    path = tmp_path / "metrics.json"
+    report = RunReport(path, "ett_mini_gen")
+    report.add_stage("gen", {"generation_loss": 2.0}, steps=10, wall_seconds=1.0)
+    report.finish(["gen"], data_skipped=0, complete=False)
+    written = json.loads(path.read_text())
+    assert written["complete"] is False and "geneval_accuracy" not in written["final"]
+    report.add_final({"geneval_accuracy": 0.25})
+    written = json.loads(path.read_text())
+    assert written["complete"] is True and written["final"]["geneval_accuracy"] == 0.25
+
+
 # ---- 5. one process per run directory ------------------------------------------------------------------
 
 

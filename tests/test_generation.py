@@ -288,7 +288,7 @@ def test_ett_mini_gen_tiny_run_then_generate(tmp_path, cache_dir):
                 "geneval_shuffled_accuracy", "geneval_classifier_accuracy", *(f"geneval_accuracy/{s}" for s in
                 ("size", "colour", "shape", "position", "mark"))):
         assert key in final, key
-    assert 0 <= final["geneval_accuracy"] <= 1 and final["geneval_images"] == 16
+    assert 0 <= final["geneval_accuracy"] <= 1 and final["geneval_images"] == 16 and metrics["complete"] is True
     assert (run_dir / "images" / "geneval.png").stat().st_size > 0
 
     from PIL import Image

@@ -44,8 +44,11 @@ class RunReport:
         self._write()
 
     def finish(self, stage_names: list[str], data_skipped: int, nan_skipped: int = 0,
-               captions_truncated: int | None = None) -> None:
-        """Sum the experiment's stages into the run's totals; `final` = the last stage's metrics + counters."""
+               captions_truncated: int | None = None, complete: bool = True) -> None:
+        """Sum the experiment's stages into the run's totals; `final` = the last stage's metrics + counters.
+
+        `complete=False` when run-level metrics are still to come (`add_final` completes the run).
+        """
         recorded = [self.data["stages"][name] for name in stage_names if name in self.data["stages"]]
         self.data["steps"] = sum(int(entry.get("steps", 0)) for entry in recorded)
         self.data["wall_seconds"] = round(sum(float(entry.get("wall_seconds", 0.0)) for entry in recorded), 1)
@@ -56,12 +59,14 @@ class RunReport:
             self.data["final"]["nan_skipped"] = nan_skipped
         if captions_truncated is not None:  # runs with an LLM
             self.data["final"]["captions_truncated"] = captions_truncated
-        self.data["complete"] = True
+        self.data["complete"] = complete
         self._write()
 
     def add_final(self, metrics: dict) -> None:
-        """Run-level metrics measured after the last stage (mini-GenEval), merged into `final`."""
+        """Run-level metrics measured after the last stage (mini-GenEval), merged into `final`; the run is
+        complete once they are in."""
         self.data["final"].update(metrics)
+        self.data["complete"] = True
         self._write()
 
     def _write(self) -> None:

@@ -232,9 +232,11 @@ def _run(cfg: DictConfig) -> dict:
         offset += stage.steps
     if is_zero:
         if trained:  # a re-run that trains nothing leaves metrics.json as the training left it
+            # With a judge, the run is complete only once mini-GenEval is merged into `final` below.
             report.finish([s.name for s in stages], data_skipped=module.skipped_samples,
                           nan_skipped=module.nan_skips,
-                          captions_truncated=module.captions_truncated if module.llm is not None else None)
+                          captions_truncated=module.captions_truncated if module.llm is not None else None,
+                          complete=prepared.judge is None)
         final = None
         if prepared.judge is not None and "geneval_accuracy" not in report.final:
             final = unsharded(cfg, module, datamodule, out_dir / "checkpoints" / stages[-1].name)
