@@ -99,3 +99,26 @@ def test_attention_memory_is_what_fused_kernels_save_not_the_weights():
     assert 0 < cost.saved < weights / 4, cost.saved
     assert cost.forward >= 4 * length * length * width  # QK^T and PV, 2 FLOPs per multiply-add
     assert cost.backward >= 2 * cost.forward * 0.9
+
+
+def test_rows_that_differ_only_in_stages_share_one_measurement_and_a_new_model_gets_its_own(tmp_path,
+                                                                                          monkeypatch):
+    """The part costs are measured once per distinct model: two alphas of ett_mini share it (and size the same
+    as a fresh measurement), a wider projector is measured again."""
+    from vistok.reproduce import dry_run as module
+
+    calls = []
+    measure = module.part_costs
+    monkeypatch.setattr(module, "part_costs", lambda cfg, model: calls.append(1) or measure(cfg, model))
+    monkeypatch.setattr(module, "_measured", {})
+    jobs = [(name, ["experiment=ett_mini", "debug=tiny", *extra], 0, tmp_path / name) for name, extra in
+            [("a", ["stages.ett.alpha=0.25"]), ("b", ["stages.ett.alpha=1.0"]), ("wide", ["projector.depth=3"])]]
+    shared, other, wide = dry_run(jobs)
+    assert not (shared.error or other.error or wide.error) and len(calls) == 2
+    assert [s.flops_per_sample for s in shared.stages] == [s.flops_per_sample for s in other.stages]
+    assert wide.stages[-1].flops_per_sample > shared.stages[-1].flops_per_sample
+    monkeypatch.setattr(module, "_measured", {})
+    [fresh] = dry_run(jobs[1:2])
+    assert [s.flops_per_sample for s in fresh.stages] == [s.flops_per_sample for s in other.stages]
+    for fresh_stage, cached_stage in zip(fresh.stages, other.stages):  # the saved bytes vary by ~256 B
+        assert fresh_stage.memory_gib == pytest.approx(cached_stage.memory_gib, rel=1e-3)

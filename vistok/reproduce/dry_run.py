@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -448,6 +448,36 @@ def _largest_unit(module: torch.nn.Module) -> int:
 # ---- the plan -----------------------------------------------------------------------------------------
 
 
+# What one sample through each part costs depends on these entries and the LLM's architecture only, so the
+# rows of a table that differ in stages, loss weights or seeds share one measurement (seconds to minutes each
+# at paper sizes).
+COST_KEYS = ("tokenizer", "llm_input", "projector", "module.discriminator", "module.generation",
+             "module.token_budgets", "module.max_caption_tokens", "data.resolution", "loss.quantizer_weights")
+_measured: dict[str, dict[str, Cost]] = {}  # _costs_key -> part_costs, for this process
+
+
+def _costs_key(cfg: DictConfig) -> str:
+    picked = {}
+    for key in COST_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        picked[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    if cfg.get("llm"):
+        # The LLM's directory is not part of the key (a stand-in's differs per run), its architecture is.
+        llm = {k: v for k, v in OmegaConf.to_container(cfg.llm, resolve=True).items() if k != "path"}
+        architecture = _llm_config(cfg).to_dict()
+        architecture.pop("_name_or_path", None)
+        picked["llm"] = {**llm, "architecture": architecture}
+    return json.dumps(picked, sort_keys=True, default=str)
+
+
+def measured_part_costs(cfg: DictConfig, model: MetaModel) -> dict[str, Cost]:
+    """part_costs, measured once per distinct model in this process (copies: callers may change them)."""
+    key = _costs_key(cfg)
+    if key not in _measured:
+        _measured[key] = part_costs(cfg, model)
+    return {part: replace(cost) for part, cost in _measured[key].items()}
+
+
 def size_run(cfg: DictConfig, plan: RunPlan) -> None:
     from vistok.training.stages import stages_from_config
 
@@ -458,7 +488,7 @@ def size_run(cfg: DictConfig, plan: RunPlan) -> None:
         plan.llm_sequence = model.llm_inputs + int(cfg.module.max_caption_tokens)
     plan.world_size = _ranks(cfg.trainer.get("devices")) * _ranks(cfg.trainer.get("num_nodes"))
     plan.batch_per_gpu = int(cfg.data.batch_size)
-    costs = part_costs(cfg, model)
+    costs = measured_part_costs(cfg, model)
     half = 0.5 if "16" in str(cfg.trainer.get("precision", "32")) else 1.0
     for stage in stages_from_config(cfg.stages, cfg.get("max_steps_per_stage"), cfg.get("stage_defaults")):
         plan.stages.append(StagePlan(stage.name, stage.steps, list(stage.train), stage_flops(stage, model, costs),
