@@ -15,6 +15,16 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: a worker per core, at most 4 (many tests start two-process training runs of their own)."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The slurm tier first: its tests spend minutes waiting on the cluster, which the other workers fill."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)  # stable: otherwise file order
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One cache (generated shards, tiny LLM) shared by the whole session, like a user's .cache/."""
