@@ -17,7 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto`: a worker per core, at most 4 (many tests start two-process training runs of their own)."""
-    return max(1, min(4, len(os.sched_getaffinity(0))))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def pytest_collection_modifyitems(config, items) -> None:
