@@ -104,7 +104,26 @@ def test_the_missing_gates_exist():
                for t in texts["ett_table5"])  # alpha = 1's reconstruction
     assert any("dual_mini - dual_mini_single" in t for t in texts["tokenflow_table5"])  # shared mapping
     assert any("dual_mini_msvq - dual_mini" in t for t in texts["tokenflow_table5"])  # MSVQ gains
-    assert any(t.startswith("token_bit_entropy") for t in texts["instella_bits"])  # per position
+    assert any(t.startswith("token_bit_entropy ") for t in texts["instella_bits"])  # per position and bit
+    # a collapsed position
+    assert any(t.startswith("token_bit_entropy/min_position") for t in texts["instella_bits"])
+
+
+def test_one_collapsed_position_fails_the_instella_gate_that_the_pooled_entropies_pass():
+    table = TABLES["instella_bits"]
+    arms = [row.experiment for row in table.rows][:3]
+    healthy = {"psnr": 24.0, "bit_entropy": 0.95, "token_bit_entropy": 0.9, "train_eval_psnr_gap": 0.0}
+    # 16 positions: one constant position lowers the per-position mean from ~0.95 to ~0.89, above 0.8.
+    runs = {arm: [{**healthy, "psnr": 22.0 + 2 * i + 0.1 * seed, "token_bit_entropy/min_position": 0.7}
+                  for seed in range(3)] for i, arm in enumerate(arms)}
+    runs[arms[1]] = [{**run, "token_bit_entropy/min_position": 0.0} for run in runs[arms[1]]]
+    _, verdicts = render(only_rows(table, arms), "mini", 3, *summarise(runs))
+    result = {v["trend"].split(" ")[0]: v["result"] for v in verdicts}
+    assert result["bit_entropy"] == result["token_bit_entropy"] == "PASS"
+    assert result["token_bit_entropy/min_position"] == "FAIL"
+    runs[arms[1]] = runs[arms[0]]
+    _, verdicts = render(only_rows(table, arms), "mini", 3, *summarise(runs))
+    assert all(v["result"] == "PASS" for v in verdicts if v["trend"].startswith("token_bit_entropy/min"))
 
 
 def test_unconfirmed_paper_numbers_are_marked():
@@ -112,6 +131,11 @@ def test_unconfirmed_paper_numbers_are_marked():
     runs = {row.experiment: [{f"caption_token_accuracy@{n}": 0.5 for n in (4, 16, 64)}] for row in table.rows}
     markdown, _ = render(table, "mini", 1, *summarise(runs))
     assert "58.7 (unconfirmed)" in markdown and "+1.6 / +1.0 / +0.4" in markdown
+    dual = TABLES["dualtoken_conflict"]
+    runs = {row.experiment: [{"psnr": 25.0}] for row in dual.rows}
+    markdown = render(dual, "mini", 1, *summarise(runs))[0]
+    # the project page confirms the second row's numbers
+    assert "12.64 (unconfirmed)" in markdown and "28.69 |" in markdown
     ett = TABLES["ett_table4"]
     runs = {row.experiment: [{"attribute_accuracy": 0.5}] for row in ett.rows}
     assert "(unconfirmed)" not in render(ett, "mini", 1, *summarise(runs))[0]
