@@ -180,6 +180,32 @@ def test_token_budget_sampler_distribution_and_determinism():
         TokenBudgetSampler([4, 16], [1.0])
 
 
+def test_expected_budget_mode_trains_every_budget_with_its_probability_as_weight():
+    from types import SimpleNamespace
+
+    from vistok.training.module import VistokModule
+
+    expected = TokenBudgetSampler([4, 16, 64], [2, 3, 5], seed=0, mode="expected")
+    assert expected.batch_budgets() == [(4, pytest.approx(0.2)), (16, pytest.approx(0.3)), (64, pytest.approx(0.5))]
+    drawn, again = TokenBudgetSampler([4, 16, 64], seed=1), TokenBudgetSampler([4, 16, 64], seed=1)
+    assert [drawn.batch_budgets() for _ in range(20)] == [[(again.sample(), 1.0)] for _ in range(20)]
+    with pytest.raises(ValueError, match="budget mode"):
+        TokenBudgetSampler([4], mode="per_sample")
+    # the module's caption loss: one LLM pass per budget, weighted (loss at budget n here: n)
+    calls = []
+
+    def caption_loss(out, captions, budget=None):
+        calls.append(budget)
+        return SimpleNamespace(loss=torch.tensor(float(budget or 1)))
+
+    fake = SimpleNamespace(budgets=expected, model=SimpleNamespace(caption_loss=caption_loss))
+    loss = VistokModule._caption_loss(fake, None, ["a"])
+    assert calls == [4, 16, 64] and float(loss) == pytest.approx(0.2 * 4 + 0.3 * 16 + 0.5 * 64)
+    fake.budgets = None
+    VistokModule._caption_loss(fake, None, ["a"])
+    assert calls[3:] == [None]  # no budgets: one pass reading every token
+
+
 def test_swiglu_projector_pools_a_grid_to_each_budget():
     proj = SwiGLUProjector(D, 24)
     grid = torch.randn(2, 64, D)

@@ -1,5 +1,9 @@
 """TokenFLEX (METHODS.md 8): the number of visual tokens the LLM reads is drawn per training batch.
 
+`mode="expected"` trains every batch at every budget instead, each loss weighted by its budget's probability:
+the expected loss of the per-batch draw without its variance, at one LLM pass per budget (a vistok option,
+not the paper's recipe: each budget gets a gradient on every step rather than on 20-50% of them).
+
 Budgets come from a configured set with configured probabilities (paper: {64, 144, 256} with 2:3:5). A 2-D
 grid tokenizer reaches a budget by adaptive pooling in the projector; an ordered (flex) tokenizer by
 keeping the first k tokens. Validation scores the LLM at every budget (`caption_token_accuracy@<n>`).
@@ -16,7 +20,12 @@ class TokenBudgetSampler:
     Its own seeded generator: the draws do not move the global RNG, and every rank draws the same budget.
     """
 
-    def __init__(self, budgets: list[int], probs: list[float] | None = None, seed: int = 0):
+    MODES = ("batch", "expected")
+
+    def __init__(self, budgets: list[int], probs: list[float] | None = None, seed: int = 0, mode: str = "batch"):
+        if mode not in self.MODES:
+            raise ValueError(f"budget mode must be one of {self.MODES}, got '{mode}'")
+        self.mode = mode
         if not budgets or any(int(b) < 1 for b in budgets):
             raise ValueError(f"token budgets must be positive integers, got {budgets}")
         probs = [1.0] * len(budgets) if probs is None else list(probs)
@@ -28,3 +37,9 @@ class TokenBudgetSampler:
 
     def sample(self) -> int:
         return self.budgets[int(torch.multinomial(self.probs, 1, generator=self.generator))]
+
+    def batch_budgets(self) -> list[tuple[int, float]]:
+        """The budgets one training batch is trained at, with the weight of each one's caption loss."""
+        if self.mode == "expected":
+            return list(zip(self.budgets, self.probs.tolist()))
+        return [(self.sample(), 1.0)]

@@ -52,7 +52,8 @@ class VistokModule(L.LightningModule):
         nan_policy: "raise" stops at the first non-finite loss (naming the step and the loss terms);
             "skip" drops that batch without an update and counts it (up to `max_nan_skips`, then raises).
         token_budgets: TokenFLEX: visual-token counts the LLM reads, one drawn per training batch
-            (None = all tokens); `budget_probs` their probabilities (uniform when None).
+            (None = all tokens); `budget_probs` their probabilities (uniform when None); `budget_mode`
+            "expected" trains every batch at every budget, the losses weighted by those probabilities.
         eval_token_budgets: budgets at which validation also scores captions (`caption_token_accuracy@<n>`).
         semantic: a semantic distillation loss (frozen teacher), added to the tokenizer loss; None = off.
         probe: compute the linear probes (`probe_accuracy[/...]`) at validation.
@@ -66,13 +67,14 @@ class VistokModule(L.LightningModule):
                  discriminator: nn.Module | None = None, lecam_weight: float = 0.0, grad_clip: float = 1.0,
                  usage_window: int = 100, num_sample_captions: int = 8, nan_policy: str = "raise",
                  max_nan_skips: int = 10, token_budgets: list[int] | None = None,
-                 budget_probs: list[float] | None = None, eval_token_budgets: list[int] | None = None,
+                 budget_probs: list[float] | None = None, budget_mode: str = "batch",
+                 eval_token_budgets: list[int] | None = None,
                  semantic: nn.Module | None = None, probe: bool = False, caption_dropout: float = 0.1,
                  caption_schema: CaptionSchema | None = None):
         super().__init__()
         self.budgets = None  # TokenFLEX: a budget per training batch, seeded from the run's seed
         if token_budgets:
-            self.budgets = TokenBudgetSampler(token_budgets, budget_probs, torch.initial_seed())
+            self.budgets = TokenBudgetSampler(token_budgets, budget_probs, torch.initial_seed(), budget_mode)
         self.eval_token_budgets = [int(n) for n in eval_token_budgets or []]
         model.check_budgets([*(token_budgets or []), *self.eval_token_budgets])
         if nan_policy not in ("raise", "skip"):
@@ -243,10 +245,9 @@ class VistokModule(L.LightningModule):
         if self.llm is not None and (stage.caption_weight > 0 or self._trains_generation()):
             self.count_truncated_captions(batch["caption"])
         if self.llm is not None and stage.caption_weight > 0:
-            budget = self.budgets.sample() if self.budgets is not None else None
-            caption = self.model.caption_loss(out, batch["caption"], budget=budget)
-            total = total + stage.caption_weight * caption.loss
-            logs["train/caption_loss"] = caption.loss.detach()
+            caption_loss = self._caption_loss(out, batch["caption"])
+            total = total + stage.caption_weight * caption_loss
+            logs["train/caption_loss"] = caption_loss.detach()
         if self._trains_generation():
             captions = drop_captions(batch["caption"], self.caption_dropout, self._dropout_rng)
             generation = self.model.generation_loss(out, captions)
@@ -262,6 +263,12 @@ class VistokModule(L.LightningModule):
         self.stage_step += 1
         self._log_training(logs, images.shape[0])
         return total.detach()
+
+    def _caption_loss(self, out, captions: list[str]) -> torch.Tensor:
+        """The caption loss at this batch's token budget(s) (TokenFLEX), or at every token without budgets."""
+        budgets = self.budgets.batch_budgets() if self.budgets is not None else [(None, 1.0)]
+        return sum(weight * self.model.caption_loss(out, captions, budget=budget).loss
+                   for budget, weight in budgets)
 
     def _trains_generation(self) -> bool:
         return self.visual_head is not None and self.stage.generation_weight > 0
