@@ -1,4 +1,4 @@
-"""Statistics of binary tokens (K bits per token, METHODS.md 4.1 / 11.3)."""
+"""Statistics of binary tokens (K bits per token, Instella-T2I)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Linear probes of the caption attributes (a dataset's `CaptionSchema`) on frozen tokenizer outputs.
 
-Three views of the same tokens, one linear classifier per caption slot on each (METHODS.md 11.6):
+Three views of the same tokens, one linear classifier per caption slot on each:
 - pooled    `probe_accuracy`:           mean of `out.embeddings` over valid tokens, (D,)
 - histogram `probe_accuracy/histogram`: normalised histogram of the code ids, (codes seen in training,)
 - flat      `probe_accuracy/flat`:      the whole embedding grid flattened, (N * D,)

@@ -15,7 +15,7 @@ class StreamMetrics:
     """Accumulates over a validation pass; `compute()` gives `probe_accuracy[/...]` and, when C > 1,
     `codebook_usage/<stream>` and `codebook_perplexity/<stream>`.
 
-    The probe sees this process's share of the eval set (every 5th sample held out, METHODS.md 11.6).
+    The probe sees this process's share of the eval set (every 5th sample held out).
     """
 
     def __init__(self, tokenizer, probe: bool = False, schema: CaptionSchema | None = None):

@@ -65,7 +65,7 @@ WITHIN_SPREAD, SPREAD_UNKNOWN = "FAIL (within the seed spread)", "n=1: spread un
 
 
 def verdict(comparisons: list[Comparison], seeds: int) -> str:
-    """PASS only when every comparison holds on the means by more than the seed spread (METHODS.md 11.1).
+    """PASS only when every comparison holds on the means by more than the seed spread.
 
     With one seed the spread is unknown: a trend that holds on the means is reported as such, never as PASS.
     """
@@ -188,7 +188,7 @@ ETT_PAPER_STAGES = ("align", "ett", "post")
 # ETT Table 5's frozen and alpha = 0.25 rows (also the IBQ arm's paper rows).
 PAPER5_FROZEN = {"SEED-I": 54.8, "GQA": 52.6, "TQA": 40.9, "MME-P": 1034.0, "rFID": 1.033}
 PAPER5_ALPHA025 = {"SEED-I": 60.0, "GQA": 54.8, "TQA": 46.9, "MME-P": 1124.7, "rFID": 1.648}
-ETT_PAPER_NOTE = "ETT Tables 4 and 5 as METHODS.md 1.5 transcribes them (all rows agree)."
+ETT_PAPER_NOTE = "ETT Tables 4 and 5 (arXiv 2505.10562)."
 
 TABLES = {
     "ett_table4": Table(
@@ -357,7 +357,7 @@ TABLES["instella_bits"] = Table(
 )
 
 
-# ---- flexible-length tokenizers and TokenFLEX budgets (METHODS.md 5, 6, 8, 11.3, 11.5) -------------------
+# ---- flexible-length tokenizers and TokenFLEX budgets (FlexTok, One-D-Piece, TokenFLEX) -------------------
 FLEX_KS = [1, 2, 4, 8, 16, 32]
 FLEX_FULL = f"psnr@{FLEX_KS[-1]}"
 
@@ -448,7 +448,7 @@ TABLES["onedpiece_k"] = Table(
     paper_columns=[],
     trends=[
         _never_falls("flex_mini_tail", FLEX_KS, 0.1),
-        # METHODS.md 11.3 asks for >= -0.5 dB; the prototype measured -3.6 dB (11.5), reported as it comes.
+        # The mini plan asks for >= -0.5 dB; a first prototype measured -3.6 dB; reported as it comes.
         _metric_gap(FLEX_FULL, "flex_mini_tail", "flex_mini_nodrop", -0.5),
     ],
     **FLEX_TOKENIZER_ONLY,
@@ -488,7 +488,7 @@ TABLES["tokenflex_budget"] = Table(
         _within_best(TOKENFLEX_BUDGETS, "tokenflex_mini_expected", TOKENFLEX_FIXED, 1.0),
     ],
     paper_note="TokenFLEX's 58.7 / 60.0 / 60.7 (fixed-N models 57.5 / 58.6 / 60.6) come from a secondary "
-               "compilation (METHODS.md 8.2), not the paper: their gains over the fixed models "
+               "compilation, not the paper: their gains over the fixed models "
                "(+1.2 / +1.4 / +0.1) disagree with the abstract's +1.6 / +1.0 / +0.4, so they are marked "
                "unconfirmed.",
     base_experiment="tokenflex_mini",
@@ -498,7 +498,7 @@ TABLES["tokenflex_budget"] = Table(
 )
 
 
-# Dual-codebook family (METHODS.md 2.4, 3.3, 11.3, 11.6). Tokenizer-only rows trained from scratch at equal steps;
+# Dual-codebook family (TokenFlow, DualToken). Tokenizer-only rows trained from scratch at equal steps;
 # probe_accuracy = linear probe of the caption attributes on mean-pooled embeddings (gated), /histogram on the
 # code histogram (gated), /flat on the whole grid (reported only: pixel codes already saturate it).
 DUAL_OURS = ["probe_accuracy", "probe_accuracy/histogram", "probe_accuracy/flat", "psnr", "ssim", "codebook_usage",
@@ -541,7 +541,7 @@ TABLES["tokenflow_table5"] = Table(
         _metric_gap("psnr", "dual_mini", "dual_mini_single", 0.0),
         _metric_gap("psnr", "dual_mini_msvq", "dual_mini", 0.0),
     ],
-    paper_note="TokenFlow Table 5 as METHODS.md 2.3 transcribes it (all rows agree).",
+    paper_note="TokenFlow Table 5 (arXiv 2412.03069).",
     base_experiment="dual_mini",
     paper_base="tokenflow_paper",
     stages=("tokenizer",),
@@ -563,7 +563,7 @@ TABLES["dualtoken_conflict"] = Table(
         _gap("probe_accuracy", "dualtoken_mini", "dualtoken_mini_same", 5.0),
         _psnr_drop("dualtoken_mini_same", "dualtoken_mini", 1.0),
     ],
-    paper_note="DualToken's conflict ablation (METHODS.md 3.3): the separate-layers row's 0.25 rFID, "
+    paper_note="DualToken's conflict ablation (arXiv 2503.14324): the separate-layers row's 0.25 rFID, "
                "28.69 PSNR, 0.744 SSIM and 82.0% zero-shot are the project page's headline numbers; the "
                "same-layer row comes from a paper note, not checked against the paper's table (unconfirmed).",
     base_experiment="dualtoken_mini",

@@ -1,5 +1,5 @@
 """The in-run semantic teacher: a tiny CLIP (conv image tower + positional bag-of-words text tower) trained
-contrastively on the dataset's image-caption pairs, saved as a vistok module, then frozen (METHODS.md 11.1).
+contrastively on the dataset's image-caption pairs, saved as a vistok module, then frozen.
 Nothing is downloaded, so every dual-family experiment runs offline.
 """
 

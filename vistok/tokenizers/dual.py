@@ -1,5 +1,6 @@
 """The `dual` family: semantic and pixel codes per grid position (TokenFlow shared index, DualToken separate
-codebooks), one fused embedding per position for the LLM. METHODS.md sections 2 and 3.
+codebooks), one fused embedding per position for the LLM. TokenFlow: arXiv 2412.03069; DualToken: arXiv
+2503.14324.
 
     encoder(images)     -> (B, Ds + Dp, h, w)   semantic channels first
     quantizer           -> fused pair (B, N, Ds + Dp), ids (B, N, C)

@@ -1,4 +1,4 @@
-"""The `flex` family: ordered 1-D tokens whose first k already decode to an image (METHODS.md 5, 6).
+"""The `flex` family: ordered 1-D tokens whose first k already decode to an image (FlexTok, One-D-Piece).
 
 Same ViT latent-token encoder / decoder as `binary1d`; what differs is how training teaches the order, a
 length dropout injected into the tokenizer (configs/tokenizer/dropout/):

@@ -1,4 +1,4 @@
-"""TokenFLEX (METHODS.md 8): the number of visual tokens the LLM reads is drawn per training batch.
+"""TokenFLEX (arXiv 2504.03154): the number of visual tokens the LLM reads is drawn per training batch.
 
 `mode="expected"` trains every batch at every budget instead, each loss weighted by its budget's probability:
 the expected loss of the per-batch draw without its variance, at one LLM pass per budget (a vistok option,

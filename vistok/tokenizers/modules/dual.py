@@ -15,7 +15,7 @@ from vistok.tokenizers.modules.conv import ResBlock, _norm
 
 class ChannelNorm(nn.Module):
     """LayerNorm over the channels of a (B, C, h, w) map. Without it the l2-normalised (cosine) codebook
-    collapsed to one code in trial runs (METHODS.md 11.6)."""
+    collapsed to one code in trial runs."""
 
     def __init__(self, channels: int):
         super().__init__()

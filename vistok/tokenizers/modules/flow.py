@@ -1,4 +1,4 @@
-"""An optional rectified-flow decoder for 1-D token tokenizers (FlexTok's decoder, METHODS.md 5.1), tiny.
+"""An optional rectified-flow decoder for 1-D token tokenizers (FlexTok's decoder, arXiv 2502.13967), tiny.
 
 x_t = sigma * noise + (1 - sigma) * x0; the network predicts the velocity v = noise - x0 from x_t, sigma and
 the (masked) tokens; sampling integrates from pure noise with diffusers' `FlowMatchEulerDiscreteScheduler`.

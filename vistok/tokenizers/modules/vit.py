@@ -1,4 +1,4 @@
-"""ViT blocks and the TiTok-style 1-D latent-token encoder / decoder (METHODS.md 4.1, 7.1).
+"""ViT blocks and the TiTok-style 1-D latent-token encoder / decoder (TiTok, Instella-T2I).
 
 The encoder appends N learnable latent tokens to the image patches; after joint self-attention only the
 latent tokens leave it. The decoder reads those N tokens plus one learned mask token per patch position

@@ -1,4 +1,4 @@
-"""Bernoulli binary quantization (Instella-T2I 1D-BIT, METHODS.md 4.1): each token is K bits.
+"""Bernoulli binary quantization (Instella-T2I's 1D-BIT, arXiv 2506.21022): each token is K bits.
 
 Per token: logits z = W h (K of them) and p = sigmoid(z). Training samples b ~ Bernoulli(sigmoid(z / tau));
 eval thresholds b = 1[p > 0.5]. Straight-through, b + p - sg(p), so gradients reach the encoder through p.

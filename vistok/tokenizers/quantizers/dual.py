@@ -1,5 +1,5 @@
 """Dual-codebook quantizers: one shared index over several codebooks (TokenFlow), and independent codebooks
-per feature slice (DualToken). METHODS.md sections 2.1 and 3.1.
+per feature slice (DualToken, arXiv 2503.14324).
 
 Shape legend: B batch, N = h * w grid positions (row-major, square grid), D = sum of the part widths,
 K codes per codebook, S scales.

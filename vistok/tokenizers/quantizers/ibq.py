@@ -2,7 +2,7 @@
 
 Instead of copying a single code's gradient, IBQ takes a straight-through one-hot over a softmax of
 the logits against the *whole* codebook, so every code receives gradient on every step and the
-codebook stays in use at large K (METHODS.md 1.1).
+codebook stays in use at large K (IBQ, arXiv 2412.02692).
 """
 
 from __future__ import annotations
