@@ -53,3 +53,20 @@ def test_config_errors_name_the_key(tmp_path):
     assert "vq_mini" in bad_experiment.stderr and "ett_mini" in bad_experiment.stderr
     # Nothing was generated or built before the errors.
     assert not cache.exists() or not any(cache.rglob("*.tar"))
+
+
+@pytest.mark.parametrize("name", ["ibq_paper", "ett_paper", "dualtoken_paper"])
+def test_paper_recipes_keep_lpips_in_the_tokenizer_loss(name, compose_cfg):
+    cfg = compose_cfg([f"experiment={name}"])
+    assert cfg.loss.perceptual is not None and cfg.loss.perceptual_weight == 1.0
+
+
+def test_ibq_pretraining_uses_the_papers_optimiser_and_quantizer(compose_cfg):
+    cfg = compose_cfg(["experiment=ibq_paper"])
+    assert list(cfg.module.optimizer.betas) == [0.5, 0.9] and cfg.module.optimizer.weight_decay == 0.0
+    stage = cfg.stages.tokenizer
+    assert stage.lr.tokenizer == 1.0e-4 and stage.min_lr_ratio == 1.0 and stage.warmup_ratio == 0.0  # fixed lr
+    assert cfg.tokenizer.quantizer._target_.endswith("IndexBackpropQuantizer")
+    assert (cfg.tokenizer.quantizer.codebook_size, cfg.tokenizer.embed_dim) == (131072, 256)
+    weights = cfg.loss.quantizer_weights
+    assert (weights.commit, weights.quant, weights.entropy) == (0.25, 1.0, 0.05)
