@@ -459,9 +459,13 @@ TOKENFLEX_FIXED = [f"tokenflex_mini_fixed{n}" for n in TOKENFLEX_BUDGETS]
 # tokens (8 x 8, 12 x 12, 16 x 16), a SwiGLU projector, projector + LLM trained in one stage from init_from.
 TOKENFLEX_PAPER_BUDGETS = {4: 64, 16: 144, 64: 256}
 _PAPER_ALL = list(TOKENFLEX_PAPER_BUDGETS.values())
+_PAPER_ALL_LIST = f"[{','.join(map(str, _PAPER_ALL))}]"
 TOKENFLEX_PAPER_ARM = ["projector=swiglu", "stages.ett=null", "stages.post=null",
                        "stages.align.train=[projector,llm]", "+stages.align.lr.llm=4.0e-5",
-                       f"module.eval_token_budgets=[{','.join(map(str, _PAPER_ALL))}]"]
+                       f"module.eval_token_budgets={_PAPER_ALL_LIST}"]
+# The paper's stochastic budgets: {64, 144, 256} at 2:3:5.
+TOKENFLEX_PAPER_STOCHASTIC = [*TOKENFLEX_PAPER_ARM, f"module.token_budgets={_PAPER_ALL_LIST}",
+                              "module.budget_probs=[0.2,0.3,0.5]"]
 TABLES["tokenflex_budget"] = Table(
     name="tokenflex_budget",
     title="TokenFLEX - fixed-budget LLMs vs stochastic budgets (2:3:5), each scored at every budget",
@@ -471,14 +475,12 @@ TABLES["tokenflex_budget"] = Table(
                "module.budget_probs=null"],
               shared=("tokenizer",)) for n in TOKENFLEX_BUDGETS),
         Row("stochastic {4, 16, 64} @ {0.2, 0.3, 0.5} (paper: {64, 144, 256})", "tokenflex_mini",
-            [*TOKENFLEX_PAPER_ARM, f"module.token_budgets=[{','.join(map(str, _PAPER_ALL))}]",
-             "module.budget_probs=[0.2,0.3,0.5]"], shared=("tokenizer",),
+            TOKENFLEX_PAPER_STOCHASTIC, shared=("tokenizer",),
             paper={"64 tok": 58.7, "144 tok": 60.0, "256 tok": 60.7}, paper_unconfirmed=True),
         # Not in the paper: the same budgets, every batch trained at all of them (losses weighted 2:3:5).
         Row("every budget each batch, losses 0.2 / 0.3 / 0.5 (vistok's budget_mode=expected)",
             "tokenflex_mini_expected",
-            [*TOKENFLEX_PAPER_ARM, f"module.token_budgets=[{','.join(map(str, _PAPER_ALL))}]",
-             "module.budget_probs=[0.2,0.3,0.5]", "module.budget_mode=expected"], shared=("tokenizer",)),
+            [*TOKENFLEX_PAPER_STOCHASTIC, "module.budget_mode=expected"], shared=("tokenizer",)),
     ],
     ours=[f"caption_token_accuracy@{n}" for n in TOKENFLEX_BUDGETS],
     paper_columns=["64 tok", "144 tok", "256 tok"],  # OpenCompass average (S); fixed-N models 57.5 / 58.6 / 60.6
